@@ -1,0 +1,92 @@
+"""`petri serve` and `petri images build`: the one importer of uvicorn."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import sys
+from types import FrameType
+
+import uvicorn
+from sse_starlette.sse import AppStatus
+
+from .config import Settings, SettingsError
+from .images import ImageBuildError, build_images
+from .runtimes import load_runtimes
+
+
+class _Server(uvicorn.Server):
+    """On SIGTERM/SIGINT, first let running executions end with a terminal event (so every
+    open stream ends cleanly), then let uvicorn close connections and stop."""
+
+    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        app = self.config.loaded_app
+        state = getattr(getattr(app, "app", app), "state", None)
+        sandboxes = getattr(state, "sandboxes", None)
+        if sandboxes is not None and not getattr(self, "_draining", False):
+            self._draining = True
+            task = asyncio.get_event_loop().create_task(sandboxes.shutdown())
+            task.add_done_callback(lambda _: super(_Server, self).handle_exit(sig, frame))
+            return
+        super().handle_exit(sig, frame)
+
+
+def serve(host: str, port: int) -> int:
+    from .routes import create_app
+
+    try:
+        settings = Settings.from_env()
+    except SettingsError as exc:
+        print(f"petri: bad configuration: {exc}", file=sys.stderr)
+        return 2
+    # Streams end by their own terminal event on shutdown; sse-starlette must not cut them.
+    AppStatus.disable_automatic_graceful_drain()  # type: ignore[no-untyped-call]
+    config = uvicorn.Config(
+        create_app(settings),
+        host=host,
+        port=port,
+        log_level=settings.log_level,
+        timeout_graceful_shutdown=15,
+        proxy_headers=False,
+    )
+    _Server(config).run()
+    return 0
+
+
+def images(names: list[str], force: bool) -> int:
+    try:
+        settings = Settings.from_env()
+        runtimes = load_runtimes(settings.runtimes_dir)
+        unknown = sorted(set(names) - set(runtimes))
+        if unknown:
+            print(f"petri: unknown runtime(s): {', '.join(unknown)}", file=sys.stderr)
+            return 2
+        for result in build_images(runtimes, names or None, force=force):
+            print(f"{result.name}: {result.status} ({result.image}, {result.seconds:.1f}s)")
+    except (SettingsError, ValueError, ImageBuildError) as exc:
+        print(f"petri: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="petri", description="Petri execution gateway")
+    sub = parser.add_subparsers(dest="command", required=True)
+    p_serve = sub.add_parser("serve", help="run the gateway")
+    p_serve.add_argument("--host", default="127.0.0.1")
+    p_serve.add_argument("--port", type=int, default=8000)
+    p_images = sub.add_parser("images", help="runtime images")
+    p_images_sub = p_images.add_subparsers(dest="action", required=True)
+    p_build = p_images_sub.add_parser("build", help="build runtime images (unchanged: skipped)")
+    p_build.add_argument("langs", nargs="*")
+    p_build.add_argument("--force", action="store_true")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    if args.command == "serve":
+        return serve(args.host, args.port)
+    return images(args.langs, args.force)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,213 @@
+"""One `Settings` object, read once from `PETRI_*` environment variables and validated."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+DEFAULT_CA_BUNDLE = "/etc/ssl/certs/ca-certificates.crt"
+DEFAULT_EGRESS_ALLOW = (
+    "pypi.org,files.pythonhosted.org,registry.npmjs.org,proxy.golang.org,sum.golang.org,"
+    "storage.googleapis.com,repo.maven.apache.org,repo1.maven.org"
+)
+
+
+class SettingsError(ValueError):
+    """A `PETRI_*` variable holds a value the gateway cannot run with."""
+
+
+def _meta(doc: str) -> dict[str, str]:
+    return {"doc": doc}
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Every knob of the gateway. Field `foo_bar` is read from `PETRI_FOO_BAR`."""
+
+    data_dir: Path = field(
+        default=Path("/var/lib/petri/data"), metadata=_meta("SQLite registry and gateway state")
+    )
+    workspace_root: Path = field(
+        default=Path("/var/lib/petri/workspaces"),
+        metadata=_meta("host path holding one workspace directory per sandbox"),
+    )
+    runtimes_dir: Path = field(
+        default=Path(__file__).resolve().parent.parent / "runtimes",
+        metadata=_meta("folder with one runtime.toml per language"),
+    )
+    docker_url: str = field(
+        default="", metadata=_meta("Docker API URL; empty: DOCKER_HOST or the local socket")
+    )
+    docker_runtime: str = field(
+        default="", metadata=_meta("OCI runtime for sandboxes, e.g. `runsc` (gVisor)")
+    )
+    ca_bundle: str = field(
+        default=DEFAULT_CA_BUNDLE if Path(DEFAULT_CA_BUNDLE).exists() else "",
+        metadata=_meta("CA bundle mounted into install containers (corporate TLS); empty: none"),
+    )
+    egress_allow: str = field(
+        default=DEFAULT_EGRESS_ALLOW,
+        metadata=_meta("comma-separated hosts install containers may reach (`*.` prefix allowed)"),
+    )
+    sandbox_user: str = field(default="1000:1000", metadata=_meta("uid:gid programs run as"))
+    default_ttl_seconds: int = field(
+        default=3600, metadata=_meta("sandbox TTL after last activity")
+    )
+    max_ttl_seconds: int = field(
+        default=86400, metadata=_meta("largest `ttl_seconds` a client may ask for")
+    )
+    exec_timeout_seconds: int = field(
+        default=60, metadata=_meta("default wall-clock limit of one exec")
+    )
+    max_exec_timeout_seconds: int = field(default=3600, metadata=_meta("largest `timeout_seconds`"))
+    install_timeout_seconds: int = field(
+        default=600, metadata=_meta("wall-clock limit of one dependency install")
+    )
+    memory_mb: int = field(default=512, metadata=_meta("default sandbox memory (swap off)"))
+    max_memory_mb: int = field(default=4096, metadata=_meta("largest memory a client may ask for"))
+    cpus: float = field(default=1.0, metadata=_meta("default CPU share of a sandbox"))
+    max_cpus: float = field(default=2.0, metadata=_meta("largest CPU share a client may ask for"))
+    pids_limit: int = field(default=256, metadata=_meta("default process limit of a sandbox"))
+    max_pids_limit: int = field(
+        default=4096, metadata=_meta("largest pids limit a client may ask for")
+    )
+    nofile: int = field(default=1024, metadata=_meta("open-file limit per process"))
+    fsize_mb: int = field(default=512, metadata=_meta("largest file a program may write"))
+    tmpfs_mb: int = field(default=256, metadata=_meta("size of the tmpfs at /tmp"))
+    disk_mb: int = field(
+        default=1024, metadata=_meta("workspace quota (loop-mounted ext4 where possible); 0 = none")
+    )
+    max_disk_mb: int = field(
+        default=8192, metadata=_meta("largest workspace quota a client may ask for")
+    )
+    output_budget_bytes: int = field(
+        default=8 * 1024 * 1024,
+        metadata=_meta("stdout+stderr kept per exec: the head up to this, then the tail"),
+    )
+    output_tail_bytes: int = field(
+        default=64 * 1024, metadata=_meta("tail kept past the output budget")
+    )
+    max_body_bytes: int = field(default=1024 * 1024, metadata=_meta("largest JSON request body"))
+    max_upload_bytes: int = field(
+        default=100 * 1024 * 1024, metadata=_meta("largest file or zip upload")
+    )
+    zip_max_members: int = field(
+        default=10000, metadata=_meta("most members a zip upload may hold")
+    )
+    zip_max_bytes: int = field(
+        default=512 * 1024 * 1024, metadata=_meta("most bytes a zip may expand to")
+    )
+    max_sandboxes: int = field(default=100, metadata=_meta("most live sandboxes; more is 429"))
+    max_concurrent_starts: int = field(
+        default=4, metadata=_meta("containers created at once; others queue")
+    )
+    keepalive_seconds: float = field(
+        default=15.0, metadata=_meta("SSE keep-alive comment interval")
+    )
+    reaper_interval_seconds: float = field(
+        default=60.0, metadata=_meta("how often expired sandboxes are removed")
+    )
+    shutdown_grace_seconds: float = field(
+        default=5.0, metadata=_meta("how long running execs may finish on SIGTERM")
+    )
+    persist_events: bool = field(
+        default=True, metadata=_meta("store events for replay (off only to benchmark)")
+    )
+    log_level: str = field(default="info", metadata=_meta("uvicorn log level"))
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
+        """Read `PETRI_*` variables; raise `SettingsError` naming the bad variable."""
+        env = os.environ if environ is None else environ
+        values: dict[str, Any] = {}
+        for f in dataclasses.fields(cls):
+            name = f"PETRI_{f.name.upper()}"
+            if f.name in overrides:
+                values[f.name] = overrides[f.name]
+            elif name in env:
+                values[f.name] = _convert(name, env[name], f.default)
+        settings = cls(**values)
+        settings.validate()
+        return settings
+
+    def validate(self) -> None:
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if isinstance(value, int | float) and not isinstance(value, bool) and value < 0:
+                raise SettingsError(f"PETRI_{f.name.upper()} must not be negative (got {value})")
+        positive = (
+            "exec_timeout_seconds",
+            "memory_mb",
+            "cpus",
+            "pids_limit",
+            "nofile",
+            "default_ttl_seconds",
+            "max_concurrent_starts",
+            "keepalive_seconds",
+            "reaper_interval_seconds",
+            "output_budget_bytes",
+            "max_body_bytes",
+        )
+        for name in positive:
+            if not getattr(self, name) > 0:
+                raise SettingsError(f"PETRI_{name.upper()} must be positive")
+        pairs = (
+            ("default_ttl_seconds", "max_ttl_seconds"),
+            ("memory_mb", "max_memory_mb"),
+            ("cpus", "max_cpus"),
+            ("pids_limit", "max_pids_limit"),
+            ("exec_timeout_seconds", "max_exec_timeout_seconds"),
+            ("disk_mb", "max_disk_mb"),
+        )
+        for low, high in pairs:
+            if getattr(self, low) > getattr(self, high):
+                raise SettingsError(f"PETRI_{low.upper()} exceeds PETRI_{high.upper()}")
+        uid, _, gid = self.sandbox_user.partition(":")
+        if not (uid.isdigit() and gid.isdigit()) or uid == "0":
+            raise SettingsError("PETRI_SANDBOX_USER must be a non-root 'uid:gid', e.g. 1000:1000")
+        if self.ca_bundle and not Path(self.ca_bundle).is_file():
+            raise SettingsError(f"PETRI_CA_BUNDLE {self.ca_bundle!r} is not a file")
+        if not (self.runtimes_dir / "python").is_dir():
+            raise SettingsError(f"PETRI_RUNTIMES_DIR {str(self.runtimes_dir)!r} holds no runtimes")
+
+    @property
+    def uid(self) -> int:
+        return int(self.sandbox_user.partition(":")[0])
+
+    @property
+    def gid(self) -> int:
+        return int(self.sandbox_user.partition(":")[2])
+
+    @property
+    def egress_hosts(self) -> tuple[str, ...]:
+        return tuple(h.strip().lower() for h in self.egress_allow.split(",") if h.strip())
+
+
+def _convert(name: str, raw: str, default: Any) -> Any:
+    try:
+        if isinstance(default, bool):
+            if raw.lower() not in ("1", "0", "true", "false", "yes", "no"):
+                raise ValueError(raw)
+            return raw.lower() in ("1", "true", "yes")
+        if isinstance(default, int):
+            return int(raw)
+        if isinstance(default, float):
+            return float(raw)
+        if isinstance(default, Path):
+            return Path(raw)
+        return raw
+    except ValueError:
+        kind = type(default).__name__
+        raise SettingsError(f"{name}={raw!r} is not a valid {kind}") from None
+
+
+def describe() -> list[tuple[str, str, str]]:
+    """(variable, default, meaning) for every setting: the README's config table."""
+    rows = []
+    for f in dataclasses.fields(Settings):
+        rows.append((f"PETRI_{f.name.upper()}", str(f.default), f.metadata.get("doc", "")))
+    return rows

@@ -1,0 +1,57 @@
+"""One exception root. Every error the gateway raises on purpose carries its HTTP status and a
+stable snake_case code; `routes` maps them to `{"error": {"code", "message"}}` in one place."""
+
+from __future__ import annotations
+
+
+class PetriError(Exception):
+    status: int = 500
+    code: str = "internal_error"
+
+    def __init__(self, message: str, *, code: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        if code is not None:
+            self.code = code
+
+
+class BadRequest(PetriError):
+    status, code = 400, "bad_request"
+
+
+class NotFound(PetriError):
+    status, code = 404, "not_found"
+
+
+class Conflict(PetriError):
+    status, code = 409, "conflict"
+
+
+class Gone(PetriError):
+    status, code = 410, "gone"
+
+
+class TooLarge(PetriError):
+    status, code = 413, "too_large"
+
+
+class UnsupportedMediaType(PetriError):
+    status, code = 415, "unsupported_media_type"
+
+
+class Invalid(PetriError):
+    status, code = 422, "invalid"
+
+
+class OverLimit(PetriError):
+    status, code = 429, "over_limit"
+
+
+class DockerUnavailable(PetriError):
+    status, code = 503, "docker_unavailable"
+
+
+class RunnerError(PetriError):
+    """Docker answered, but not as needed (image missing, container gone, ...)."""
+
+    status, code = 502, "runner_error"

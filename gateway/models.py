@@ -1,0 +1,204 @@
+"""Small typed records of the domain, and the strict request bodies of the API.
+
+Request bodies are pydantic models (the one importer of pydantic): unknown fields and wrong
+types are rejected, and the same models give `/openapi.json` its schemas.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from typing import Any, Literal, TypeVar
+
+import pydantic
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from .errors import Invalid
+
+ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,127}$")
+SandboxStatus = Literal["running", "stopped"]
+ExecutionStatus = Literal["running", "exited", "killed", "timed_out", "interrupted", "failed"]
+
+
+def now() -> float:
+    return time.time()
+
+
+def iso(ts: float | None) -> str | None:
+    if ts is None:
+        return None
+    return datetime.fromtimestamp(ts, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+# --- domain records -------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    memory_mb: int
+    cpus: float
+    pids: int
+    disk_mb: int
+
+
+@dataclass(slots=True)
+class Sandbox:
+    id: str
+    language: str
+    status: SandboxStatus
+    created_at: float
+    last_active_at: float
+    ttl_seconds: int
+    limits: Limits
+    env: dict[str, str] = field(default_factory=dict)
+    container_id: str = ""
+
+    @property
+    def expires_at(self) -> float:
+        return self.last_active_at + self.ttl_seconds
+
+    def public(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "language": self.language,
+            "status": self.status,
+            "created_at": iso(self.created_at),
+            "last_active_at": iso(self.last_active_at),
+            "expires_at": iso(self.expires_at),
+            "ttl_seconds": self.ttl_seconds,
+            "limits": asdict(self.limits),
+            "env": sorted(self.env),
+        }
+
+
+@dataclass(slots=True)
+class Execution:
+    id: str
+    sandbox_id: str
+    argv: list[str]
+    status: ExecutionStatus = "running"
+    created_at: float = field(default_factory=now)
+    ended_at: float | None = None
+    exit_code: int | None = None
+    timed_out: bool = False
+    truncated: bool = False
+    oom_killed: bool = False
+    test: bool = False
+    idempotency_key: str | None = None
+    error_code: str | None = None
+
+    @property
+    def duration_ms(self) -> int | None:
+        if self.ended_at is None:
+            return None
+        return int((self.ended_at - self.created_at) * 1000)
+
+    def public(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "sandbox_id": self.sandbox_id,
+            "status": self.status,
+            "argv": self.argv,
+            "test": self.test,
+            "created_at": iso(self.created_at),
+            "ended_at": iso(self.ended_at),
+            "duration_ms": self.duration_ms,
+            "exit_code": self.exit_code,
+            "timed_out": self.timed_out,
+            "truncated": self.truncated,
+            "oom_killed": self.oom_killed,
+            "error_code": self.error_code,
+        }
+
+
+# --- request bodies -------------------------------------------------------------------------
+
+
+class _Body(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+
+EnvMap = dict[str, str]
+M = TypeVar("M", bound=BaseModel)
+
+
+def _check_env(env: EnvMap | None) -> EnvMap | None:
+    if env is None:
+        return None
+    if len(env) > 128:
+        raise ValueError("at most 128 environment variables")
+    for key, value in env.items():
+        if not ENV_NAME.match(key):
+            raise ValueError(f"{key[:40]!r} is not a valid environment variable name")
+        if "\x00" in value or len(value) > 32768:
+            raise ValueError(f"value of {key} holds a NUL byte or is longer than 32768")
+    return env
+
+
+class LimitsBody(_Body):
+    memory_mb: int | None = Field(default=None, ge=16)
+    cpus: float | None = Field(default=None, gt=0)
+    pids: int | None = Field(default=None, ge=8)
+    disk_mb: int | None = Field(default=None, ge=16)
+
+    @field_validator("cpus", mode="before")
+    @classmethod
+    def _cpus_int(cls, value: Any) -> Any:
+        return float(value) if isinstance(value, int) and not isinstance(value, bool) else value
+
+
+class CreateSandbox(_Body):
+    language: str = Field(min_length=1, max_length=32)
+    ttl_seconds: int | None = Field(default=None, ge=1)
+    env: EnvMap | None = None
+    limits: LimitsBody | None = None
+
+    _env = field_validator("env")(_check_env)
+
+
+class ExecBody(_Body):
+    command: str | None = Field(default=None, min_length=1, max_length=65536)
+    code: str | None = Field(default=None, max_length=4 * 1024 * 1024)
+    filename: str | None = Field(default=None, min_length=1, max_length=1024)
+    test: bool = False
+    timeout_seconds: int | None = Field(default=None, ge=1)
+    env: EnvMap | None = None
+    stdin: str | None = Field(default=None, max_length=16 * 1024 * 1024)
+    wait: bool = True
+
+    _env = field_validator("env")(_check_env)
+
+    @field_validator("command", "code", "filename", "stdin")
+    @classmethod
+    def _no_nul(cls, value: str | None) -> str | None:
+        if value is not None and "\x00" in value:
+            raise ValueError("must not hold NUL bytes")
+        return value
+
+    @model_validator(mode="after")
+    def _one_source(self) -> ExecBody:
+        given = [n for n in ("command", "code", "filename") if getattr(self, n) is not None]
+        if len(given) > 1:
+            raise ValueError("give only one of command, code, filename")
+        if not given and not self.test:
+            raise ValueError("give one of command, code, filename (or test: true)")
+        return self
+
+
+def parse(model: type[M], data: Any) -> M:
+    """Validate a decoded JSON body; raise `Invalid` (422) naming the first bad field."""
+    if not isinstance(data, dict):
+        raise Invalid("the request body must be a JSON object", code="invalid_body")
+    try:
+        return model.model_validate(data)
+    except pydantic.ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first["loc"]) or "body"
+        code = "unknown_field" if first["type"] == "extra_forbidden" else "invalid_field"
+        raise Invalid(f"{where}: {first['msg']}", code=code) from None
+
+
+def schema(model: type[BaseModel]) -> dict[str, Any]:
+    return model.model_json_schema(ref_template="#/components/schemas/{model}")

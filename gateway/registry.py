@@ -1,0 +1,263 @@
+"""SQLite (WAL) registry: sandboxes, executions and their events.
+
+Calls are short and run on the event loop's thread; event writes arrive in batches from
+`executions`, so one commit carries many events.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from collections.abc import Iterable, Sequence
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+from .events import Event
+from .models import Execution, Limits, Sandbox
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS sandboxes (
+    id TEXT PRIMARY KEY,
+    language TEXT NOT NULL,
+    status TEXT NOT NULL,
+    created_at REAL NOT NULL,
+    last_active_at REAL NOT NULL,
+    ttl_seconds INTEGER NOT NULL,
+    limits TEXT NOT NULL,
+    env TEXT NOT NULL,
+    container_id TEXT NOT NULL DEFAULT ''
+);
+CREATE TABLE IF NOT EXISTS executions (
+    id TEXT PRIMARY KEY,
+    sandbox_id TEXT NOT NULL,
+    status TEXT NOT NULL,
+    argv TEXT NOT NULL,
+    created_at REAL NOT NULL,
+    ended_at REAL,
+    exit_code INTEGER,
+    timed_out INTEGER NOT NULL DEFAULT 0,
+    truncated INTEGER NOT NULL DEFAULT 0,
+    oom_killed INTEGER NOT NULL DEFAULT 0,
+    test INTEGER NOT NULL DEFAULT 0,
+    idempotency_key TEXT,
+    error_code TEXT
+);
+CREATE INDEX IF NOT EXISTS executions_by_sandbox ON executions (sandbox_id, created_at);
+CREATE UNIQUE INDEX IF NOT EXISTS executions_idempotency
+    ON executions (sandbox_id, idempotency_key) WHERE idempotency_key IS NOT NULL;
+CREATE TABLE IF NOT EXISTS events (
+    execution_id TEXT NOT NULL,
+    id INTEGER NOT NULL,
+    type TEXT NOT NULL,
+    data TEXT NOT NULL,
+    PRIMARY KEY (execution_id, id)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS kv (
+    scope TEXT NOT NULL,
+    key TEXT NOT NULL,
+    value TEXT NOT NULL,
+    PRIMARY KEY (scope, key)
+) WITHOUT ROWID;
+"""
+
+_EXEC_COLUMNS = (
+    "id, sandbox_id, status, argv, created_at, ended_at, exit_code, timed_out, truncated, "
+    "oom_killed, test, idempotency_key, error_code"
+)
+
+
+class Registry:
+    def __init__(self, data_dir: Path) -> None:
+        data_dir.mkdir(parents=True, exist_ok=True)
+        self.path = data_dir / "petri.sqlite3"
+        self._db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=NORMAL")
+        self._db.execute("PRAGMA busy_timeout=5000")
+        self._db.executescript(SCHEMA)
+
+    def close(self) -> None:
+        self._db.close()
+
+    # --- sandboxes ---------------------------------------------------------------------------
+
+    def put_sandbox(self, s: Sandbox) -> None:
+        self._db.execute(
+            "INSERT OR REPLACE INTO sandboxes VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (
+                s.id,
+                s.language,
+                s.status,
+                s.created_at,
+                s.last_active_at,
+                s.ttl_seconds,
+                json.dumps(asdict(s.limits)),
+                json.dumps(s.env),
+                s.container_id,
+            ),
+        )
+
+    def touch_sandbox(self, sandbox_id: str, at: float) -> None:
+        self._db.execute("UPDATE sandboxes SET last_active_at = ? WHERE id = ?", (at, sandbox_id))
+
+    def get_sandbox(self, sandbox_id: str) -> Sandbox | None:
+        row = self._db.execute("SELECT * FROM sandboxes WHERE id = ?", (sandbox_id,)).fetchone()
+        return _sandbox(row) if row else None
+
+    def list_sandboxes(self, *, limit: int = -1, after: str = "") -> list[Sandbox]:
+        rows = self._db.execute(
+            "SELECT * FROM sandboxes WHERE id > ? ORDER BY id LIMIT ?", (after, limit)
+        ).fetchall()
+        return [_sandbox(r) for r in rows]
+
+    def count_sandboxes(self) -> int:
+        return int(self._db.execute("SELECT count(*) FROM sandboxes").fetchone()[0])
+
+    def delete_sandbox(self, sandbox_id: str) -> None:
+        with self._db:
+            self._db.execute("BEGIN")
+            self._db.execute(
+                "DELETE FROM events WHERE execution_id IN "
+                "(SELECT id FROM executions WHERE sandbox_id = ?)",
+                (sandbox_id,),
+            )
+            self._db.execute("DELETE FROM executions WHERE sandbox_id = ?", (sandbox_id,))
+            self._db.execute("DELETE FROM kv WHERE scope = ?", (sandbox_id,))
+            self._db.execute("DELETE FROM sandboxes WHERE id = ?", (sandbox_id,))
+
+    # --- executions --------------------------------------------------------------------------
+
+    def put_execution(self, e: Execution) -> None:
+        self._db.execute(
+            f"INSERT OR REPLACE INTO executions ({_EXEC_COLUMNS}) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (
+                e.id,
+                e.sandbox_id,
+                e.status,
+                json.dumps(e.argv),
+                e.created_at,
+                e.ended_at,
+                e.exit_code,
+                e.timed_out,
+                e.truncated,
+                e.oom_killed,
+                e.test,
+                e.idempotency_key,
+                e.error_code,
+            ),
+        )
+
+    def get_execution(self, sandbox_id: str, execution_id: str) -> Execution | None:
+        row = self._db.execute(
+            f"SELECT {_EXEC_COLUMNS} FROM executions WHERE id = ? AND sandbox_id = ?",
+            (execution_id, sandbox_id),
+        ).fetchone()
+        return _execution(row) if row else None
+
+    def find_idempotent(self, sandbox_id: str, key: str) -> Execution | None:
+        row = self._db.execute(
+            f"SELECT {_EXEC_COLUMNS} FROM executions WHERE sandbox_id = ? AND idempotency_key = ?",
+            (sandbox_id, key),
+        ).fetchone()
+        return _execution(row) if row else None
+
+    def list_executions(self, sandbox_id: str, *, limit: int = 100) -> list[Execution]:
+        rows = self._db.execute(
+            f"SELECT {_EXEC_COLUMNS} FROM executions WHERE sandbox_id = ? "
+            "ORDER BY created_at DESC LIMIT ?",
+            (sandbox_id, limit),
+        ).fetchall()
+        return [_execution(r) for r in rows]
+
+    def running_executions(self) -> list[Execution]:
+        rows = self._db.execute(
+            f"SELECT {_EXEC_COLUMNS} FROM executions WHERE status = 'running'"
+        ).fetchall()
+        return [_execution(r) for r in rows]
+
+    # --- events ------------------------------------------------------------------------------
+
+    def append_events(self, execution_id: str, events: Sequence[Event]) -> None:
+        with self._db:
+            self._db.execute("BEGIN")
+            self._db.executemany(
+                "INSERT OR IGNORE INTO events VALUES (?, ?, ?, ?)",
+                ((execution_id, e.id, e.type, e.data_json()) for e in events),
+            )
+
+    def events(self, execution_id: str, after: int = 0, limit: int = 500) -> list[Event]:
+        rows = self._db.execute(
+            "SELECT id, type, data FROM events WHERE execution_id = ? AND id > ? "
+            "ORDER BY id LIMIT ?",
+            (execution_id, after, limit),
+        ).fetchall()
+        return [Event(r[0], r[1], json.loads(r[2])) for r in rows]
+
+    def last_event_id(self, execution_id: str) -> int:
+        row = self._db.execute(
+            "SELECT max(id) FROM events WHERE execution_id = ?", (execution_id,)
+        ).fetchone()
+        return int(row[0] or 0)
+
+    # --- small per-sandbox values (install hashes, package lists) ---------------------------
+
+    def put_value(self, scope: str, key: str, value: Any) -> None:
+        self._db.execute(
+            "INSERT OR REPLACE INTO kv VALUES (?, ?, ?)", (scope, key, json.dumps(value))
+        )
+
+    def get_value(self, scope: str, key: str) -> Any:
+        row = self._db.execute(
+            "SELECT value FROM kv WHERE scope = ? AND key = ?", (scope, key)
+        ).fetchone()
+        return json.loads(row[0]) if row else None
+
+
+def _sandbox(row: Iterable[Any]) -> Sandbox:
+    (id_, language, status, created, active, ttl, limits, env, container) = row
+    return Sandbox(
+        id_,
+        language,
+        status,
+        created,
+        active,
+        ttl,
+        Limits(**json.loads(limits)),
+        json.loads(env),
+        container,
+    )
+
+
+def _execution(row: Iterable[Any]) -> Execution:
+    (
+        id_,
+        sandbox_id,
+        status,
+        argv,
+        created,
+        ended,
+        code,
+        timed_out,
+        truncated,
+        oom,
+        test,
+        key,
+        error_code,
+    ) = row
+    return Execution(
+        id_,
+        sandbox_id,
+        json.loads(argv),
+        status,
+        created,
+        ended,
+        code,
+        bool(timed_out),
+        bool(truncated),
+        bool(oom),
+        bool(test),
+        key,
+        error_code,
+    )

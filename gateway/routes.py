@@ -1,0 +1,425 @@
+"""HTTP API v1: the one importer of starlette and sse-starlette.
+
+Handlers parse and validate, call the domain (`Sandboxes`) and shape responses. Errors are
+mapped to `{"error": {"code", "message"}}` in one place: `_error_response`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import tempfile
+from collections.abc import AsyncIterator, Iterator
+from typing import Any, BinaryIO
+
+from sse_starlette import EventSourceResponse
+from starlette.applications import Starlette
+from starlette.datastructures import UploadFile
+from starlette.exceptions import HTTPException
+from starlette.requests import ClientDisconnect, Request
+from starlette.responses import JSONResponse, Response, StreamingResponse
+from starlette.routing import Route
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from . import openapi
+from .config import Settings
+from .errors import BadRequest, PetriError, TooLarge, UnsupportedMediaType
+from .events import Event
+from .models import CreateSandbox, ExecBody, iso, parse
+from .sandboxes import Run, Sandboxes
+from .service import open_gateway
+
+log = logging.getLogger("petri.routes")
+MAX_JSON_DEPTH = 32
+UPLOAD_PATHS = ("/files", "/upload")
+JSON_TYPES = ("application/json", "", "application/x-www-form-urlencoded", "text/plain")
+
+
+# --- errors, in one place ---------------------------------------------------------------------
+
+
+def _error(status: int, code: str, message: str, headers: dict[str, str] | None = None) -> Response:
+    return JSONResponse({"error": {"code": code, "message": message}}, status, headers=headers)
+
+
+async def _error_response(request: Request, exc: Exception) -> Response:
+    if isinstance(exc, PetriError):
+        return _error(exc.status, exc.code, exc.message)
+    if isinstance(exc, HTTPException):
+        codes = {404: "route_not_found", 405: "method_not_allowed", 400: "bad_request"}
+        return _error(
+            exc.status_code,
+            codes.get(exc.status_code, "http_error"),
+            str(exc.detail),
+            dict(exc.headers or {}),
+        )
+    if isinstance(exc, ClientDisconnect):
+        return _error(400, "client_disconnected", "the client went away mid-request")
+    log.exception("unhandled error on %s %s", request.method, request.url.path)
+    return _error(500, "internal_error", "the gateway failed; the error is logged")
+
+
+# --- request parsing --------------------------------------------------------------------------
+
+
+async def _json(request: Request) -> Any:
+    ctype = request.headers.get("content-type", "application/json").split(";")[0].strip()
+    # curl's `-d` sends application/x-www-form-urlencoded: `curl -d '{...}'` just works.
+    if ctype not in JSON_TYPES and not ctype.endswith("+json"):
+        raise UnsupportedMediaType(f"send JSON (Content-Type: application/json), not {ctype[:60]}")
+    raw = await request.body()
+    if not raw.strip():
+        return {}
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        raise BadRequest("the body is not valid UTF-8", code="invalid_utf8") from None
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise BadRequest(
+            f"malformed JSON: {exc.msg} at line {exc.lineno} column {exc.colno}",
+            code="malformed_json",
+        ) from None
+    except RecursionError:
+        raise BadRequest("JSON nested too deeply", code="json_too_deep") from None
+    _check_depth(data, 0)
+    return data
+
+
+def _check_depth(value: Any, depth: int) -> None:
+    if depth > MAX_JSON_DEPTH:
+        raise BadRequest(f"JSON nested deeper than {MAX_JSON_DEPTH} levels", code="json_too_deep")
+    if isinstance(value, dict):
+        for item in value.values():
+            _check_depth(item, depth + 1)
+    elif isinstance(value, list):
+        for item in value:
+            _check_depth(item, depth + 1)
+
+
+def _int_param(request: Request, name: str, default: int, low: int, high: int) -> int:
+    raw = request.query_params.get(name)
+    if raw is None:
+        return default
+    if not raw.isdigit() or not low <= int(raw) <= high:
+        raise BadRequest(
+            f"query parameter {name} must be an integer in {low}..{high}", code="invalid_query"
+        )
+    return int(raw)
+
+
+def _gateway(request: Request) -> Sandboxes:
+    sandboxes: Sandboxes = request.app.state.sandboxes
+    return sandboxes
+
+
+# --- sandboxes --------------------------------------------------------------------------------
+
+
+async def create_sandbox(request: Request) -> Response:
+    body = parse(CreateSandbox, await _json(request))
+    sandbox = await _gateway(request).create(body)
+    return JSONResponse(sandbox.public(), 201, headers={"Location": f"/v1/sandboxes/{sandbox.id}"})
+
+
+async def list_sandboxes(request: Request) -> Response:
+    limit = _int_param(request, "limit", 50, 1, 500)
+    after = request.query_params.get("after", "")[:64]
+    found = _gateway(request).page(limit=limit + 1, after=after)
+    page = found[:limit]
+    nxt = page[-1].id if len(found) > limit else None
+    return JSONResponse({"sandboxes": [s.public() for s in page], "next": nxt})
+
+
+async def get_sandbox(request: Request) -> Response:
+    return JSONResponse(_gateway(request).get(request.path_params["sid"]).public())
+
+
+async def delete_sandbox(request: Request) -> Response:
+    await _gateway(request).delete(request.path_params["sid"])
+    return Response(status_code=204)
+
+
+# --- files ------------------------------------------------------------------------------------
+
+
+async def upload_files(request: Request) -> Response:
+    sandboxes = _gateway(request)
+    workspace = sandboxes.workspace(request.path_params["sid"])
+    limit = sandboxes.settings.max_upload_bytes
+    written = []
+    async with request.form(max_files=10000, max_fields=100, max_part_size=1024 * 1024) as form:
+        uploads = [v for k, v in form.multi_items() if k == "file"]
+        if not uploads or not all(isinstance(u, UploadFile) for u in uploads):
+            raise BadRequest(
+                "send multipart/form-data with one or more 'file' parts", code="no_files"
+            )
+        for upload in uploads:
+            assert isinstance(upload, UploadFile)
+            name = upload.filename or ""
+            size = await asyncio.to_thread(workspace.write, name, upload.file, limit)
+            written.append({"path": name, "size": size})
+    return JSONResponse({"files": written}, 201)
+
+
+async def put_file(request: Request) -> Response:
+    sandboxes = _gateway(request)
+    workspace = sandboxes.workspace(request.path_params["sid"])
+    path = request.path_params["path"]
+    with await _spool(request, sandboxes.settings.max_upload_bytes) as body:
+        size = await asyncio.to_thread(
+            workspace.write, path, body, sandboxes.settings.max_upload_bytes
+        )
+    return JSONResponse({"path": path, "size": size}, 201)
+
+
+async def list_files(request: Request) -> Response:
+    workspace = _gateway(request).workspace(request.path_params["sid"])
+    files = await asyncio.to_thread(workspace.listing)
+    return JSONResponse(
+        {
+            "files": [
+                {"path": f.path, "size": f.size, "modified_at": iso(f.modified_at)} for f in files
+            ]
+        }
+    )
+
+
+async def get_file(request: Request) -> Response:
+    workspace = _gateway(request).workspace(request.path_params["sid"])
+    handle, size = workspace.read(request.path_params["path"])
+
+    def chunks() -> Iterator[bytes]:
+        with handle:
+            while chunk := handle.read(256 * 1024):
+                yield chunk
+
+    return StreamingResponse(
+        chunks(), media_type="application/octet-stream", headers={"Content-Length": str(size)}
+    )
+
+
+async def delete_file(request: Request) -> Response:
+    workspace = _gateway(request).workspace(request.path_params["sid"])
+    workspace.delete(request.path_params["path"])
+    return Response(status_code=204)
+
+
+async def upload_zip(request: Request) -> Response:
+    sandboxes = _gateway(request)
+    workspace = sandboxes.workspace(request.path_params["sid"])
+    s = sandboxes.settings
+    ctype = request.headers.get("content-type", "")
+    if ctype.startswith("multipart/form-data"):
+        async with request.form(max_files=1, max_fields=10) as form:
+            upload = form.get("file")
+            if not isinstance(upload, UploadFile):
+                raise BadRequest("send the zip as multipart field 'file'", code="no_files")
+            files = await asyncio.to_thread(
+                workspace.extract_zip,
+                upload.file,
+                max_members=s.zip_max_members,
+                max_bytes=s.zip_max_bytes,
+            )
+    else:
+        with await _spool(request, s.max_upload_bytes) as body:
+            files = await asyncio.to_thread(
+                workspace.extract_zip,
+                body,
+                max_members=s.zip_max_members,
+                max_bytes=s.zip_max_bytes,
+            )
+    return JSONResponse({"files": files}, 201)
+
+
+async def _spool(request: Request, limit: int) -> BinaryIO:
+    spool = tempfile.SpooledTemporaryFile(max_size=4 * 1024 * 1024)  # noqa: SIM115
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            spool.close()
+            raise TooLarge(f"the body is larger than {limit} bytes")
+        spool.write(chunk)
+    spool.seek(0)
+    return spool  # type: ignore[return-value]
+
+
+# --- executions -------------------------------------------------------------------------------
+
+
+async def exec_(request: Request) -> Response:
+    sandboxes = _gateway(request)
+    body = parse(ExecBody, await _json(request))
+    key = request.headers.get("idempotency-key")
+    if key is not None and not 0 < len(key) <= 200:
+        raise BadRequest("Idempotency-Key must hold 1 to 200 characters", code="invalid_header")
+    run = await sandboxes.exec(request.path_params["sid"], body, key)
+    headers = {"X-Execution-Id": run.execution.id}
+    if "text/event-stream" in request.headers.get("accept", ""):
+        return _sse(request, _follow(sandboxes, run, 0), headers)
+    if not body.wait:
+        return JSONResponse(
+            {"execution_id": run.execution.id, "events_url": _events_url(run)}, 202, headers=headers
+        )
+    await run.log.done.wait()
+    return JSONResponse(await sandboxes.result(run), headers=headers)
+
+
+def _events_url(run: Run) -> str:
+    e = run.execution
+    return f"/v1/sandboxes/{e.sandbox_id}/executions/{e.id}/events"
+
+
+def _follow(sandboxes: Sandboxes, run: Run, after: int) -> AsyncIterator[Event]:
+    return sandboxes.follow(run.execution.sandbox_id, run.execution.id, after)
+
+
+def _sse(request: Request, events: AsyncIterator[Event], headers: dict[str, str]) -> Response:
+    async def body() -> AsyncIterator[bytes]:
+        async for event in events:
+            yield event.sse()
+
+    settings: Settings = _gateway(request).settings
+    return EventSourceResponse(
+        body(),
+        ping=settings.keepalive_seconds,
+        sep="\n",
+        headers={**headers, "Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+    )
+
+
+async def list_executions(request: Request) -> Response:
+    limit = _int_param(request, "limit", 100, 1, 1000)
+    found = _gateway(request).executions(request.path_params["sid"], limit)
+    return JSONResponse({"executions": [e.public() for e in found]})
+
+
+async def get_execution(request: Request) -> Response:
+    execution = _gateway(request).execution(request.path_params["sid"], request.path_params["eid"])
+    return JSONResponse(execution.public())
+
+
+async def execution_events(request: Request) -> Response:
+    sandboxes = _gateway(request)
+    sid, eid = request.path_params["sid"], request.path_params["eid"]
+    header = request.headers.get("last-event-id")
+    if header is not None:
+        if not header.strip().isdigit():
+            raise BadRequest(
+                "Last-Event-ID must be an event id (an integer)", code="invalid_header"
+            )
+        after = int(header.strip())
+    else:
+        after = _int_param(request, "after", 0, 0, 2**62)
+    events = sandboxes.follow(sid, eid, after)
+    return _sse(request, events, {"X-Execution-Id": eid})
+
+
+async def kill_execution(request: Request) -> Response:
+    execution = await _gateway(request).kill(request.path_params["sid"], request.path_params["eid"])
+    return JSONResponse(execution.public(), 202)
+
+
+# --- health -----------------------------------------------------------------------------------
+
+
+async def healthz(request: Request) -> Response:
+    return JSONResponse({"status": "ok"})
+
+
+async def readyz(request: Request) -> Response:
+    if await _gateway(request).runner.ping():
+        return JSONResponse({"status": "ready", "docker": "ok"})
+    return _error(503, "docker_unavailable", "Docker is not reachable")
+
+
+async def openapi_json(request: Request) -> Response:
+    return JSONResponse(openapi.document())
+
+
+# --- body size limits, before any handler reads ---------------------------------------------
+
+
+class BodyLimit:
+    """Refuses bodies over the limit as they stream in (413), whatever Content-Length says."""
+
+    def __init__(self, app: ASGIApp, settings: Settings) -> None:
+        self.app = app
+        self.settings = settings
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        path: str = scope["path"]
+        uploads = any(f"{p}" in path for p in UPLOAD_PATHS)
+        limit = self.settings.max_upload_bytes if uploads else self.settings.max_body_bytes
+        if uploads:
+            limit += 1024 * 1024  # multipart framing
+        length = dict(scope["headers"]).get(b"content-length", b"0")
+        if length.isdigit() and int(length) > limit:
+            await _error(413, "too_large", f"the body is larger than {limit} bytes")(
+                scope, receive, send
+            )
+            return
+        seen = 0
+
+        async def limited() -> Message:
+            nonlocal seen
+            message = await receive()
+            seen += len(message.get("body", b""))
+            if seen > limit:
+                raise TooLarge(f"the body is larger than {limit} bytes")
+            return message
+
+        await self.app(scope, limited, send)
+
+
+ROUTES = [
+    Route("/healthz", healthz),
+    Route("/readyz", readyz),
+    Route("/openapi.json", openapi_json),
+    Route("/v1/sandboxes", create_sandbox, methods=["POST"]),
+    Route("/v1/sandboxes", list_sandboxes, methods=["GET"]),
+    Route("/v1/sandboxes/{sid}", get_sandbox, methods=["GET"]),
+    Route("/v1/sandboxes/{sid}", delete_sandbox, methods=["DELETE"]),
+    Route("/v1/sandboxes/{sid}/files", upload_files, methods=["POST"]),
+    Route("/v1/sandboxes/{sid}/files", list_files, methods=["GET"]),
+    Route("/v1/sandboxes/{sid}/files/{path:path}", put_file, methods=["PUT"]),
+    Route("/v1/sandboxes/{sid}/files/{path:path}", get_file, methods=["GET"]),
+    Route("/v1/sandboxes/{sid}/files/{path:path}", delete_file, methods=["DELETE"]),
+    Route("/v1/sandboxes/{sid}/upload", upload_zip, methods=["POST"]),
+    Route("/v1/sandboxes/{sid}/exec", exec_, methods=["POST"]),
+    Route("/v1/sandboxes/{sid}/executions", list_executions, methods=["GET"]),
+    Route("/v1/sandboxes/{sid}/executions/{eid}", get_execution, methods=["GET"]),
+    Route("/v1/sandboxes/{sid}/executions/{eid}/events", execution_events, methods=["GET"]),
+    Route("/v1/sandboxes/{sid}/executions/{eid}/kill", kill_execution, methods=["POST"]),
+]
+
+
+def create_app(settings: Settings | None = None) -> Starlette:
+    settings = settings or Settings.from_env()
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        async with open_gateway(settings) as sandboxes:
+            app.state.sandboxes = sandboxes
+            yield
+
+    app = Starlette(
+        routes=ROUTES,
+        lifespan=lifespan,
+        exception_handlers={
+            Exception: _error_response,
+            HTTPException: _error_response,
+            PetriError: _error_response,
+            ClientDisconnect: _error_response,
+        },
+    )
+    app.add_middleware(BodyLimit, settings=settings)
+    app.state.settings = settings
+    return app

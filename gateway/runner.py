@@ -1,0 +1,320 @@
+"""The one importer of aiodocker: hardened containers, execs, and their demultiplexed output.
+
+Everything Docker-specific (API shapes, error types, the exec wrapper that makes a process
+group killable) stays here; the domain sees `ContainerSpec`, `Process` and `PetriError`s.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import re
+from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import aiodocker
+import aiohttp
+
+from .errors import DockerUnavailable, NotFound, RunnerError
+
+STDOUT, STDERR = 1, 2
+LABEL = "petri.managed"
+# PID 1 of a sandbox: a shell that never exits on a signal it can get from inside and reaps
+# orphans (`wait` reaps any child), so `kill -KILL -1` from the sandbox user spares it.
+KEEPER = ["/bin/sh", "-c", "trap 'exit 0' TERM; while :; do sleep 86400 & wait; done"]
+# Every exec runs as the leader of its own process group (Docker execs are session leaders);
+# the wrapper records that group so a kill or timeout can take the whole group down.
+_WRAP = 'echo $$ > "/tmp/.petri-$0.pid" 2>/dev/null; exec "$@"'
+_KILL_GROUP = 'p=$(cat "/tmp/.petri-$0.pid" 2>/dev/null) && kill -KILL -"$p" 2>/dev/null; exit 0'
+MERGE_BYTES = 64 * 1024
+_OOM = re.compile(rb"^oom_kill (\d+)$", re.M)
+
+
+@dataclass(frozen=True, slots=True)
+class ContainerSpec:
+    name: str
+    image: str
+    labels: Mapping[str, str]
+    binds: Sequence[str] = ()
+    env: Mapping[str, str] = field(default_factory=dict)
+    user: str = "1000:1000"
+    memory_mb: int = 512
+    cpus: float = 1.0
+    pids: int = 256
+    nofile: int = 1024
+    fsize_mb: int = 512
+    tmpfs_mb: int = 256
+    network: str = "none"
+    runtime: str = ""
+    command: Sequence[str] = tuple(KEEPER)
+    workdir: str = "/sandbox"
+    dns: Sequence[str] = ()
+
+    def config(self) -> dict[str, Any]:
+        memory = self.memory_mb * 1024 * 1024
+        fsize = self.fsize_mb * 1024 * 1024
+        host: dict[str, Any] = {
+            "Binds": list(self.binds),
+            "NetworkMode": self.network,
+            "ReadonlyRootfs": True,
+            "Tmpfs": {"/tmp": f"rw,nosuid,nodev,exec,size={self.tmpfs_mb}m,mode=1777"},
+            "CapDrop": ["ALL"],
+            "SecurityOpt": ["no-new-privileges"],
+            "Memory": memory,
+            "MemorySwap": memory,
+            "NanoCpus": int(self.cpus * 1e9),
+            "PidsLimit": self.pids,
+            "Ulimits": [
+                {"Name": "nofile", "Soft": self.nofile, "Hard": self.nofile},
+                {"Name": "fsize", "Soft": fsize, "Hard": fsize},
+            ],
+            "LogConfig": {"Type": "none"},
+            "Init": False,
+        }
+        if self.runtime:
+            host["Runtime"] = self.runtime
+        if self.dns:
+            host["Dns"] = list(self.dns)
+        return {
+            "Image": self.image,
+            "Cmd": list(self.command),
+            "User": self.user,
+            "WorkingDir": self.workdir,
+            "Env": [f"{k}={v}" for k, v in self.env.items()],
+            "Labels": dict(self.labels),
+            "Hostname": "sandbox",
+            "AttachStdout": True,
+            "AttachStderr": True,
+            "NetworkDisabled": self.network == "none",
+            "HostConfig": host,
+        }
+
+
+@contextlib.contextmanager
+def _docker_errors(what: str) -> Iterator[None]:
+    """Map aiodocker/aiohttp failures to the gateway's errors."""
+    try:
+        yield
+    except aiodocker.DockerError as exc:
+        if exc.status == 404:
+            raise NotFound(f"{what}: {exc.message}", code="docker_not_found") from None
+        raise RunnerError(f"{what}: Docker said {exc.status}: {exc.message}") from None
+    except (aiohttp.ClientConnectionError, FileNotFoundError, ConnectionError) as exc:
+        raise DockerUnavailable(f"{what}: Docker is unreachable ({exc})") from None
+
+
+class Process:
+    """A running exec or attached container: demultiplexed output, then an exit code."""
+
+    def __init__(self, stream: Any, exit_code: Any, stdin: bytes | None) -> None:
+        self._stream = stream
+        self._exit_code = exit_code
+        self._stdin = stdin
+
+    async def output(self) -> AsyncIterator[tuple[int, bytes]]:
+        """Yield (STDOUT|STDERR, chunk) as Docker delivers frames, until EOF.
+
+        A frame is yielded as soon as it arrives; frames that are already buffered behind it
+        (a flood) are merged, per stream, into chunks of up to `MERGE_BYTES`.
+        """
+        with _docker_errors("reading output"):
+            async with self._stream:
+                if self._stdin is not None:
+                    await self._feed_stdin(self._stdin)
+                async for item in _merged(self._stream):
+                    yield item
+
+    async def _feed_stdin(self, data: bytes) -> None:
+        if data:
+            await self._stream.write_in(data)
+        # Half-close: the program sees EOF on stdin while its output keeps flowing.
+        transport = self._stream._resp.connection.transport
+        if transport is not None and transport.can_write_eof():
+            transport.write_eof()
+
+    async def exit_code(self) -> int:
+        with _docker_errors("reading exit code"):
+            code = await self._exit_code()
+        return -1 if code is None else int(code)
+
+
+class Runner:
+    def __init__(self, url: str = "") -> None:
+        self._url = url or None
+        self._docker: aiodocker.Docker | None = None
+
+    @property
+    def docker(self) -> aiodocker.Docker:
+        if self._docker is None:
+            self._docker = aiodocker.Docker(url=self._url)
+        return self._docker
+
+    async def close(self) -> None:
+        if self._docker is not None:
+            await self._docker.close()
+            self._docker = None
+
+    async def ping(self) -> bool:
+        try:
+            await asyncio.wait_for(self.docker.system.info(), 5)
+            return True
+        except (aiodocker.DockerError, aiohttp.ClientError, OSError, TimeoutError, ValueError):
+            return False
+
+    async def image_exists(self, ref: str) -> bool:
+        try:
+            with _docker_errors("inspecting image"):
+                await self.docker.images.inspect(ref)
+            return True
+        except NotFound:
+            return False
+
+    async def start_container(self, spec: ContainerSpec) -> str:
+        """Create and start a long-lived container; return its id."""
+        with _docker_errors(f"starting container {spec.name}"):
+            container = await self.docker.containers.create(spec.config(), name=spec.name)
+            try:
+                await container.start()
+            except aiodocker.DockerError:
+                await container.delete(force=True)
+                raise
+            return str(container.id)
+
+    def run_container(self, spec: ContainerSpec, timeout: float) -> Process:
+        """A short-lived container as a `Process`: attached before start, removed at the end."""
+        state: dict[str, Any] = {}
+
+        async def setup_and_stream() -> AsyncIterator[tuple[int, bytes]]:
+            with _docker_errors(f"running container {spec.name}"):
+                container = await self.docker.containers.create(spec.config(), name=spec.name)
+                state["container"] = container
+                stream = container.attach(stdout=True, stderr=True, logs=True)
+                async with stream:
+                    await container.start()
+                    async for item in _merged(stream):
+                        yield item
+
+        async def exit_code() -> int:
+            container = state.get("container")
+            if container is None:
+                return -1
+            try:
+                result = await asyncio.wait_for(container.wait(), timeout)
+                return int(result.get("StatusCode", -1))
+            finally:
+                with contextlib.suppress(aiodocker.DockerError):
+                    await container.delete(force=True)
+
+        return _ContainerProcess(setup_and_stream, exit_code)
+
+    async def is_running(self, container_id: str) -> bool:
+        try:
+            with _docker_errors("inspecting container"):
+                info = await self.docker.containers.container(container_id).show()
+        except NotFound:
+            return False
+        return bool(info["State"]["Running"])
+
+    async def remove_container(self, name_or_id: str) -> None:
+        with contextlib.suppress(NotFound), _docker_errors(f"removing container {name_or_id}"):
+            await self.docker.containers.container(name_or_id).delete(force=True, v=True)
+
+    async def list_containers(self, labels: Mapping[str, str]) -> list[tuple[str, dict[str, str]]]:
+        """(id, labels) of every container, running or not, carrying all `labels`."""
+        wanted = [f"{k}={v}" for k, v in labels.items()]
+        with _docker_errors("listing containers"):
+            found = await self.docker.containers.list(all=True, filters={"label": wanted})
+        return [(str(c.id), dict(c["Labels"] or {})) for c in found]
+
+    async def exec(
+        self,
+        container_id: str,
+        exec_id: str,
+        argv: Sequence[str],
+        *,
+        env: Mapping[str, str],
+        user: str,
+        workdir: str = "/sandbox",
+        stdin: bytes | None = None,
+    ) -> Process:
+        with _docker_errors("starting exec"):
+            container = self.docker.containers.container(container_id)
+            handle = await container.exec(
+                ["/bin/sh", "-c", _WRAP, exec_id, *argv],
+                stdin=stdin is not None,
+                user=user,
+                environment=dict(env),
+                workdir=workdir,
+            )
+            stream = handle.start(detach=False)
+
+        async def exit_code() -> int | None:
+            info = await handle.inspect()
+            return info.get("ExitCode")
+
+        return Process(stream, exit_code, stdin)
+
+    async def kill_group(self, container_id: str, exec_id: str, user: str) -> None:
+        """SIGKILL the process group of one exec (from another exec: Docker has no API)."""
+        await self._quick(container_id, ["/bin/sh", "-c", _KILL_GROUP, exec_id], user)
+
+    async def kill_all(self, container_id: str, user: str) -> None:
+        """SIGKILL every process of the sandbox user but PID 1 (escaped groups, daemons)."""
+        await self._quick(
+            container_id, ["/bin/sh", "-c", "kill -KILL -1 2>/dev/null; exit 0"], user
+        )
+
+    async def oom_kills(self, container_id: str, user: str) -> int:
+        """How many OOM kills the container's memory cgroup has seen (v1 and v2)."""
+        out = await self._quick(
+            container_id,
+            [
+                "/bin/sh",
+                "-c",
+                "cat /sys/fs/cgroup/memory.events "
+                "/sys/fs/cgroup/memory/memory.oom_control 2>/dev/null",
+            ],
+            user,
+        )
+        match = _OOM.search(out)
+        return int(match.group(1)) if match else 0
+
+    async def _quick(self, container_id: str, argv: list[str], user: str) -> bytes:
+        with _docker_errors("running helper exec"):
+            container = self.docker.containers.container(container_id)
+            handle = await container.exec(argv, user=user)
+            chunks = []
+            async with handle.start(detach=False) as stream:
+                while (msg := await stream.read_out()) is not None:
+                    chunks.append(msg.data)
+            return b"".join(chunks)
+
+
+async def _merged(stream: Any) -> AsyncIterator[tuple[int, bytes]]:
+    pending = await stream.read_out()
+    while pending is not None:
+        kind, parts, size = pending.stream, [pending.data], len(pending.data)
+        nxt: Any = _NEED_READ
+        while size < MERGE_BYTES and len(stream._queue or ()) > 0:
+            msg = await stream.read_out()
+            if msg is None or msg.stream != kind:
+                nxt = msg
+                break
+            parts.append(msg.data)
+            size += len(msg.data)
+        yield kind, b"".join(parts)
+        pending = await stream.read_out() if nxt is _NEED_READ else nxt
+
+
+_NEED_READ = object()
+
+
+class _ContainerProcess(Process):
+    def __init__(self, stream_fn: Any, exit_code: Any) -> None:
+        super().__init__(None, exit_code, None)
+        self._stream_fn = stream_fn
+
+    async def output(self) -> AsyncIterator[tuple[int, bytes]]:
+        async for item in self._stream_fn():
+            yield item

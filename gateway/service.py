@@ -1,0 +1,53 @@
+"""Wires the parts of one gateway together: registry, runner, workspaces, sandboxes, reaper."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+
+from .config import Settings
+from .deps import Installer
+from .errors import PetriError
+from .reaper import reap_forever
+from .registry import Registry
+from .runner import Runner
+from .runtimes import load_runtimes
+from .sandboxes import Sandboxes
+from .workspace import Workspaces
+
+log = logging.getLogger("petri")
+
+
+@contextlib.asynccontextmanager
+async def open_gateway(settings: Settings) -> AsyncIterator[Sandboxes]:
+    registry = Registry(settings.data_dir)
+    runner = Runner(settings.docker_url)
+    workspaces = Workspaces(settings.workspace_root, settings.uid, settings.gid)
+    sandboxes = Sandboxes(
+        settings,
+        registry,
+        runner,
+        workspaces,
+        load_runtimes(settings.runtimes_dir),
+        make_installer(settings),
+    )
+    try:
+        await sandboxes.recover()
+    except PetriError as exc:
+        log.warning("start-up recovery incomplete (%s); continuing", exc.message)
+    reaper = asyncio.create_task(reap_forever(sandboxes, settings.reaper_interval_seconds))
+    try:
+        yield sandboxes
+    finally:
+        reaper.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await reaper
+        await sandboxes.shutdown()
+        await runner.close()
+        registry.close()
+
+
+def make_installer(settings: Settings) -> Installer:
+    return Installer()

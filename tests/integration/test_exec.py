@@ -1,0 +1,223 @@
+"""Exec over SSE and JSON against a real gateway, real Docker and the real runtime images."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import time
+from typing import Any
+
+import httpx
+import pytest
+from httpx_sse import connect_sse
+
+from gateway.runtimes import load_runtimes
+from tests.conftest import RUNTIMES
+from tests.sse import check_sequence, stream_events, text
+
+pytestmark = pytest.mark.docker
+
+
+def test_stdout_and_stderr_are_separate_typed_events_in_order(
+    client: httpx.Client, sandbox: dict[str, Any]
+) -> None:
+    code = (
+        "import sys\nprint('out1', flush=True)\nprint('err1', file=sys.stderr, flush=True)\n"
+        "print('out2', flush=True)\nsys.exit(3)\n"
+    )
+    events = stream_events(
+        client, "POST", f"/v1/sandboxes/{sandbox['id']}/exec", json={"code": code}
+    )
+    check_sequence(events)
+    assert events[0].type == "start"
+    assert events[0].data == {
+        "execution_id": events[0].data["execution_id"],
+        "sandbox_id": sandbox["id"],
+    }
+    assert text(events, "stdout") == "out1\nout2\n"
+    assert text(events, "stderr") == "err1\n"
+    order = [(e.type, e.data["text"]) for e in events if e.type in ("stdout", "stderr")]
+    assert order == [("stdout", "out1\n"), ("stderr", "err1\n"), ("stdout", "out2\n")]
+    exit_ = events[-1]
+    assert exit_.type == "exit"
+    assert exit_.data["exit_code"] == 3  # a non-zero exit is data, not an error
+    assert exit_.data["timed_out"] is False and exit_.data["oom_killed"] is False
+    assert exit_.data["truncated"] is False and exit_.data["duration_ms"] >= 0
+
+
+def test_stream_parses_with_httpx_sse_and_carries_execution_id(
+    client: httpx.Client, sandbox: dict[str, Any]
+) -> None:
+    with connect_sse(
+        client,
+        "POST",
+        f"/v1/sandboxes/{sandbox['id']}/exec",
+        json={"command": "echo hello; echo oops >&2"},
+        headers={"Accept": "text/event-stream"},
+    ) as source:
+        eid = source.response.headers["x-execution-id"]
+        got = [(s.id, s.event, json.loads(s.data)) for s in source.iter_sse()]
+    assert [g[0] for g in got] == [str(i) for i in range(1, len(got) + 1)]
+    assert got[0][2]["execution_id"] == eid
+    assert "".join(d["text"] for _, t, d in got if t == "stdout") == "hello\n"
+    assert "".join(d["text"] for _, t, d in got if t == "stderr") == "oops\n"
+    assert got[-1][1] == "exit" and got[-1][2]["exit_code"] == 0
+
+
+def test_output_arrives_while_the_program_runs(
+    client: httpx.Client, sandbox: dict[str, Any]
+) -> None:
+    code = (
+        "import time\nfor i in range(5):\n    print(f'tick {i}', end='\\n', flush=True)\n"
+        "    time.sleep(0.2)\n"
+    )
+    events = stream_events(
+        client, "POST", f"/v1/sandboxes/{sandbox['id']}/exec", json={"code": code}
+    )
+    ticks = [e for e in events if e.type == "stdout"]
+    assert len(ticks) >= 4, "each line must be its own chunk, sent as it is printed"
+    gaps = [b.at - a.at for a, b in itertools.pairwise(ticks)]
+    # Printed 200 ms apart: received roughly 200 ms apart, not bunched at the end.
+    assert min(gaps) > 0.1, gaps
+    assert events[-1].at - ticks[0].at > 0.6
+    print(f"inter-arrival gaps (s): {[round(g, 3) for g in gaps]}")
+
+
+def test_partial_lines_stream_without_waiting_for_newline(
+    client: httpx.Client, sandbox: dict[str, Any]
+) -> None:
+    code = (
+        "import sys, time\nsys.stdout.write('no newline yet'); sys.stdout.flush()\n"
+        "time.sleep(1.0)\nprint(' done')\n"
+    )
+    started = time.monotonic()
+    with client.stream(
+        "POST",
+        f"/v1/sandboxes/{sandbox['id']}/exec",
+        json={"code": code},
+        headers={"Accept": "text/event-stream"},
+    ) as r:
+        for line in r.iter_lines():
+            if line.startswith("data: ") and "no newline yet" in line:
+                first = time.monotonic() - started
+                break
+    assert first < 0.9, f"partial line arrived after {first:.2f}s: it waited for the newline"
+
+
+def test_json_mode_returns_the_whole_result(client: httpx.Client, sandbox: dict[str, Any]) -> None:
+    r = client.post(
+        f"/v1/sandboxes/{sandbox['id']}/exec",
+        json={"command": "printf 'a\\nb'; printf 'E' >&2; exit 2"},
+    )
+    assert r.status_code == 200
+    body = r.json()
+    assert r.headers["x-execution-id"] == body["execution_id"]
+    assert body["stdout"] == "a\nb" and body["stderr"] == "E" and body["exit_code"] == 2
+    assert body["timed_out"] is False and body["truncated"] is False
+    assert body["install"]["status"] == "skipped"
+    assert isinstance(body["duration_ms"], int)
+
+
+def test_wait_false_returns_202_and_events_follow(
+    client: httpx.Client, sandbox: dict[str, Any]
+) -> None:
+    r = client.post(
+        f"/v1/sandboxes/{sandbox['id']}/exec",
+        json={"command": "sleep 0.3; echo later", "wait": False},
+    )
+    assert r.status_code == 202
+    eid = r.json()["execution_id"]
+    assert r.headers["x-execution-id"] == eid
+    events = stream_events(client, "GET", f"/v1/sandboxes/{sandbox['id']}/executions/{eid}/events")
+    check_sequence(events)
+    assert text(events, "stdout") == "later\n"
+    record = client.get(f"/v1/sandboxes/{sandbox['id']}/executions/{eid}").json()
+    assert record["status"] == "exited" and record["exit_code"] == 0
+
+
+def test_filename_mode_runs_an_uploaded_file(client: httpx.Client, sandbox: dict[str, Any]) -> None:
+    sid = sandbox["id"]
+    client.put(f"/v1/sandboxes/{sid}/files/pkg/helper.py", content=b"VALUE = 41\n")
+    app = b"import sys\nsys.path.insert(0, 'pkg')\nimport helper\nprint(helper.VALUE + 1)\n"
+    client.put(f"/v1/sandboxes/{sid}/files/app.py", content=app)
+    r = client.post(f"/v1/sandboxes/{sid}/exec", json={"filename": "app.py"})
+    assert r.json()["stdout"] == "42\n", r.json()
+    missing = client.post(f"/v1/sandboxes/{sid}/exec", json={"filename": "nope.py"})
+    assert missing.status_code == 404
+
+
+def test_timeout_kills_an_endless_loop(client: httpx.Client, sandbox: dict[str, Any]) -> None:
+    started = time.monotonic()
+    events = stream_events(
+        client,
+        "POST",
+        f"/v1/sandboxes/{sandbox['id']}/exec",
+        json={"command": "echo begin; while :; do :; done", "timeout_seconds": 2},
+    )
+    took = time.monotonic() - started
+    check_sequence(events)
+    assert text(events, "stdout") == "begin\n"
+    assert events[-1].type == "exit"
+    assert events[-1].data["timed_out"] is True
+    assert events[-1].data["exit_code"] == 137 and events[-1].data["signal"] == "SIGKILL"
+    assert took < 10
+    again = client.post(f"/v1/sandboxes/{sandbox['id']}/exec", json={"command": "echo alive"})
+    assert again.json()["stdout"] == "alive\n"
+
+
+def test_timeout_also_kills_background_children(
+    client: httpx.Client, sandbox: dict[str, Any]
+) -> None:
+    r = client.post(
+        f"/v1/sandboxes/{sandbox['id']}/exec",
+        json={"command": "sleep 300 & sleep 300 & wait", "timeout_seconds": 1},
+    )
+    assert r.json()["timed_out"] is True
+    ps = client.post(
+        f"/v1/sandboxes/{sandbox['id']}/exec",
+        json={
+            "command": "ls /proc | grep -E '^[0-9]+$' | while read p; do "
+            "cat /proc/$p/cmdline 2>/dev/null | tr '\\0' ' '; echo; "
+            "done | grep -c '^sleep 300' || true"
+        },
+    )
+    assert ps.json()["stdout"].strip() == "0"
+
+
+def test_invalid_utf8_output_is_replaced_not_lost(
+    client: httpx.Client, sandbox: dict[str, Any]
+) -> None:
+    r = client.post(
+        f"/v1/sandboxes/{sandbox['id']}/exec", json={"command": "printf 'ok \\377\\376 end\\n'"}
+    )
+    assert r.json()["stdout"] == "ok \ufffd\ufffd end\n"
+
+
+def test_env_and_stdin_reach_the_program(client: httpx.Client, sandbox: dict[str, Any]) -> None:
+    r = client.post(
+        f"/v1/sandboxes/{sandbox['id']}/exec",
+        json={"command": "echo $GREETING; cat", "env": {"GREETING": "hi"}, "stdin": "line1\nline2"},
+    )
+    assert r.json()["stdout"] == "hi\nline1\nline2"
+
+
+@pytest.mark.parametrize("language", sorted(load_runtimes(RUNTIMES)))
+def test_each_runtime_runs_its_smoke_program(
+    client: httpx.Client, new_sandbox: Any, language: str
+) -> None:
+    runtime = load_runtimes(RUNTIMES)[language]
+    sid = new_sandbox(language)["id"]
+    with runtime.smoke_path.open("rb") as f:
+        name = f"smoke/{runtime.smoke_path.name}"
+        assert client.put(f"/v1/sandboxes/{sid}/files/{name}", content=f.read()).status_code == 201
+    events = stream_events(
+        client, "POST", f"/v1/sandboxes/{sid}/exec", json={"filename": name, "timeout_seconds": 120}
+    )
+    check_sequence(events)
+    assert runtime.smoke_expect in text(events, "stdout"), events
+    assert events[-1].type == "exit" and events[-1].data["exit_code"] == 0, events
+    code = client.post(
+        f"/v1/sandboxes/{sid}/exec",
+        json={"code": runtime.smoke_path.read_text(), "timeout_seconds": 120},
+    ).json()
+    assert runtime.smoke_expect in code["stdout"], code

@@ -62,7 +62,9 @@ def images(names: list[str], force: bool) -> int:
         if unknown:
             print(f"petri: unknown runtime(s): {', '.join(unknown)}", file=sys.stderr)
             return 2
-        for result in build_images(runtimes, names or None, force=force):
+        for result in build_images(
+            runtimes, names or None, force=force, base_image=settings.base_image
+        ):
             print(f"{result.name}: {result.status} ({result.image}, {result.seconds:.1f}s)")
     except (SettingsError, ValueError, ImageBuildError) as exc:
         print(f"petri: {exc}", file=sys.stderr)

@@ -42,6 +42,10 @@ class Settings:
     docker_url: str = field(
         default="", metadata=_meta("Docker API URL; empty: DOCKER_HOST or the local socket")
     )
+    base_image: str = field(
+        default="",
+        metadata=_meta("base of runtime images; empty: debian:bookworm-slim, else debootstrap"),
+    )
     docker_runtime: str = field(
         default="", metadata=_meta("OCI runtime for sandboxes, e.g. `runsc` (gVisor)")
     )

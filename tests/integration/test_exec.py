@@ -22,7 +22,8 @@ def test_stdout_and_stderr_are_separate_typed_events_in_order(
     client: httpx.Client, sandbox: dict[str, Any]
 ) -> None:
     code = (
-        "import sys\nprint('out1', flush=True)\nprint('err1', file=sys.stderr, flush=True)\n"
+        "import sys, time\nprint('out1', flush=True)\ntime.sleep(0.05)\n"
+        "print('err1', file=sys.stderr, flush=True)\ntime.sleep(0.05)\n"
         "print('out2', flush=True)\nsys.exit(3)\n"
     )
     events = stream_events(
@@ -36,6 +37,7 @@ def test_stdout_and_stderr_are_separate_typed_events_in_order(
     }
     assert text(events, "stdout") == "out1\nout2\n"
     assert text(events, "stderr") == "err1\n"
+    # stdout and stderr are two pipes: their relative order holds when writes are apart in time.
     order = [(e.type, e.data["text"]) for e in events if e.type in ("stdout", "stderr")]
     assert order == [("stdout", "out1\n"), ("stderr", "err1\n"), ("stdout", "out2\n")]
     exit_ = events[-1]

@@ -97,6 +97,8 @@ def _docker_errors(what: str) -> Iterator[None]:
     try:
         yield
     except aiodocker.DockerError as exc:
+        if exc.status == 900:  # aiodocker's code for "cannot connect"
+            raise DockerUnavailable(f"{what}: Docker is unreachable ({exc.message})") from None
         if exc.status == 404:
             raise NotFound(f"{what}: {exc.message}", code="docker_not_found") from None
         raise RunnerError(f"{what}: Docker said {exc.status}: {exc.message}") from None

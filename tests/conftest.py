@@ -134,10 +134,10 @@ def gateway(docker_ready: None) -> Iterator[Gateway]:
     yield gw
     gw.stop()
     cleanup_containers(tmp)
-    _remove_tree(tmp)
+    remove_tree(tmp)
 
 
-def _remove_tree(tmp: Path) -> None:
+def remove_tree(tmp: Path) -> None:
     for mount in sorted(Path("/proc/mounts").read_text().splitlines(), reverse=True):
         target = mount.split()[1]
         if target.startswith(str(tmp)):

@@ -1,0 +1,147 @@
+"""Exec latency through the gateway beside the raw Docker floor, measured in the same run.
+
+    python bench/exec_latency.py [--runs 30]
+
+Starts its own gateway (uvicorn subprocess on a free port, temporary directories), creates a
+python sandbox, and measures:
+  * request -> first `stdout` event for `print('hi')` (SSE), p50/p95 over N runs, beside the
+    floor: an aiodocker exec of the same command into the same container, to first output.
+  * sandbox create (POST /v1/sandboxes -> 201) beside a raw aiodocker create+start of the
+    same image with the same hardening.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import aiodocker
+import httpx
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from gateway.runner import ContainerSpec
+from tests.conftest import cleanup_containers, make_gateway, remove_tree
+
+COMMAND = ["python3", "-c", "print('hi')"]
+
+
+def pct(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
+
+
+def row(name: str, values: list[float], floor: list[float] | None = None) -> str:
+    p50, p95 = pct(values, 0.5) * 1000, pct(values, 0.95) * 1000
+    ratio = f"{p50 / (pct(floor, 0.5) * 1000):5.2f}x" if floor else "  floor"
+    return f"{name:<44} p50 {p50:7.1f} ms   p95 {p95:7.1f} ms   {ratio}"
+
+
+async def first_stdout_gateway(client: httpx.AsyncClient, sid: str, body: dict[str, str]) -> float:
+    started = time.perf_counter()
+    async with client.stream(
+        "POST", f"/v1/sandboxes/{sid}/exec", json=body, headers={"Accept": "text/event-stream"}
+    ) as r:
+        took = 0.0
+        async for line in r.aiter_lines():  # read to the end of the run
+            if line == "event: stdout" and not took:
+                took = time.perf_counter() - started
+    if not took:
+        raise RuntimeError("no stdout event")
+    return took
+
+
+async def first_stdout_raw(docker: aiodocker.Docker, container_id: str) -> float:
+    container = docker.containers.container(container_id)
+    started = time.perf_counter()
+    handle = await container.exec(COMMAND, user="1000:1000", workdir="/sandbox")
+    took = 0.0
+    async with handle.start(detach=False) as stream:
+        while (msg := await stream.read_out()) is not None:
+            if msg.stream == 1 and not took:
+                took = time.perf_counter() - started
+    return took
+
+
+async def raw_create(docker: aiodocker.Docker, image: str, name: str) -> float:
+    spec = ContainerSpec(name=name, image=image, labels={"petri.bench": "1"})
+    started = time.perf_counter()
+    container = await docker.containers.create(spec.config(), name=name)
+    await container.start()
+    took = time.perf_counter() - started
+    await container.delete(force=True)
+    return took
+
+
+async def main(runs: int) -> None:
+    tmp = Path(tempfile.mkdtemp(prefix="petri-bench-"))
+    gw = make_gateway(tmp, log_level="warning")
+    gw.start()
+    docker = aiodocker.Docker()
+    try:
+        async with httpx.AsyncClient(base_url=gw.url, timeout=60) as client:
+            sb = (await client.post("/v1/sandboxes", json={"language": "python"})).json()
+            sid = sb["id"]
+            container_id = subprocess.run(  # noqa: ASYNC221 (once, before timing)
+                ["docker", "ps", "-q", "--no-trunc", "--filter", f"label=petri.sandbox={sid}"],
+                capture_output=True,
+                text=True,
+                check=True,
+            ).stdout.strip()
+            for _ in range(3):  # warm both paths
+                await first_stdout_raw(docker, container_id)
+                await first_stdout_gateway(client, sid, {"command": "python3 -c \"print('hi')\""})
+            floor, via_cmd, via_code = [], [], []
+            for _ in range(runs):  # interleaved, so drift hits all three alike
+                floor.append(await first_stdout_raw(docker, container_id))
+                via_cmd.append(
+                    await first_stdout_gateway(
+                        client, sid, {"command": "python3 -c \"print('hi')\""}
+                    )
+                )
+                via_code.append(await first_stdout_gateway(client, sid, {"code": "print('hi')"}))
+
+            creates, raw_creates, creates_noquota = [], [], []
+            for i in range(max(5, runs // 3)):
+                raw_creates.append(
+                    await raw_create(docker, "petri-python:latest", f"petri-bench-{i}")
+                )
+                started = time.perf_counter()
+                r = await client.post("/v1/sandboxes", json={"language": "python"})
+                creates.append(time.perf_counter() - started)
+                await client.delete(f"/v1/sandboxes/{r.json()['id']}")
+                started = time.perf_counter()
+                r = await client.post(
+                    "/v1/sandboxes", json={"language": "python", "limits": {"disk_mb": 16}}
+                )
+                creates_noquota.append(time.perf_counter() - started)
+                await client.delete(f"/v1/sandboxes/{r.json()['id']}")
+            await client.delete(f"/v1/sandboxes/{sid}")
+    finally:
+        await docker.close()
+        gw.stop()
+        cleanup_containers(tmp)
+        remove_tree(tmp)
+
+    print(f"exec latency, request -> first stdout event ({runs} runs each, interleaved)")
+    print(row("raw aiodocker exec (floor)", floor))
+    print(row("gateway SSE exec {command}", via_cmd, floor))
+    print(row("gateway SSE exec {code} (writes a file first)", via_code, floor))
+    print()
+    print(f"sandbox create ({len(creates)} runs each)")
+    print(row("raw aiodocker create+start (floor)", raw_creates))
+    print(row("gateway POST /v1/sandboxes (quota 256 MB)", creates, raw_creates))
+    print(row("gateway POST /v1/sandboxes (quota 16 MB)", creates_noquota, raw_creates))
+    print("(gateway create = workspace + loop-mounted ext4 quota + container create/start)")
+    print(f"\nmedian of floor: {statistics.median(floor) * 1000:.1f} ms")
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--runs", type=int, default=30)
+    asyncio.run(main(parser.parse_args().runs))

@@ -121,6 +121,9 @@ class Settings:
     persist_events: bool = field(
         default=True, metadata=_meta("store events for replay (off only to benchmark)")
     )
+    cors_origins: str = field(
+        default="", metadata=_meta("comma-separated origins browsers may call from; `*` for any")
+    )
     log_level: str = field(default="info", metadata=_meta("uvicorn log level"))
 
     @classmethod

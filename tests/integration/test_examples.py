@@ -1,0 +1,31 @@
+"""The numbered examples run as documented against a real gateway."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+from tests.conftest import ROOT, Gateway
+
+pytestmark = pytest.mark.docker
+
+
+@pytest.mark.parametrize("name", sorted(
+    p.name for p in (ROOT / "examples").iterdir() if p.suffix in (".sh", ".py")))
+def test_example_runs(gateway: Gateway, name: str) -> None:
+    path = ROOT / "examples" / name
+    argv = [sys.executable, str(path)] if path.suffix == ".py" else ["bash", str(path)]
+    env = {**os.environ, "PETRI_URL": gateway.url, "PYTHONPATH": str(ROOT)}
+    done = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=180)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "Traceback" not in done.stderr
+    if name.startswith("01"):
+        assert "event: stdout" in done.stdout and "tick 2" in done.stdout
+        assert "event: exit" in done.stdout
+    if name.startswith("02"):
+        assert "hello, petri" in done.stdout and "written by the program" in done.stdout
+    if name.startswith("05"):
+        assert '"timed_out":true' in done.stdout and '"signal":"SIGKILL"' in done.stdout

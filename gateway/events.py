@@ -6,7 +6,7 @@ Imports nothing from the server side: the SDK and tests use it to parse streams.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 START, INSTALL, STDOUT, STDERR, EXIT, ERROR, TRUNCATED = (
@@ -19,6 +19,7 @@ START, INSTALL, STDOUT, STDERR, EXIT, ERROR, TRUNCATED = (
     "truncated",
 )
 TERMINAL = frozenset({EXIT, ERROR})
+_LINE_BREAKS = {0x85: "\\u0085", 0x2028: "\\u2028", 0x2029: "\\u2029"}
 OUTPUT = frozenset({STDOUT, STDERR})
 
 
@@ -27,13 +28,25 @@ class Event:
     id: int
     type: str
     data: dict[str, Any]
+    # `data` as JSON, encoded once (it is sent to every follower and stored): set on first
+    # use, or given when read back from storage. `data` must not change after that.
+    raw: str | None = field(default=None, compare=False, repr=False)
 
     @property
     def terminal(self) -> bool:
         return self.type in TERMINAL
 
     def data_json(self) -> str:
-        return json.dumps(self.data, ensure_ascii=False, separators=(",", ":"))
+        if self.raw is not None:
+            return self.raw
+        text = json.dumps(self.data, ensure_ascii=False, separators=(",", ":"))
+        # JSON may carry U+0085, U+2028 and U+2029 raw, but many line readers (Python's
+        # `splitlines`, httpx's `iter_lines`) break lines there: escape them (a program's
+        # binary output holds them), so one event is one line for every reader.
+        if not text.isascii():
+            text = text.translate(_LINE_BREAKS)
+        object.__setattr__(self, "raw", text)
+        return text
 
     def sse(self) -> bytes:
         """The event as SSE bytes. The data is one JSON line, so no `\\r`/`\\n` can split it."""

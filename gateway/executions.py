@@ -1,10 +1,22 @@
 """The event log of one execution: ids 1..n, the output budget, fan-out to any number of
-followers, and batched persistence so a follower can replay from any id, live or later."""
+followers, and batched persistence so a follower can replay from any id, live or later.
+
+With persistence on, followers only ever see events that are already in SQLite (a batch is
+committed `FLUSH_IDLE_SECONDS` after its first event when output is sparse, at most every
+`FLUSH_SECONDS` under load; output of one kind nobody has seen yet is coalesced meanwhile):
+whatever id a client saw survives a gateway crash, so after a restart the `interrupted` event
+always comes after it. Memory per
+execution is bounded: the in-memory window holds at most `WINDOW_EVENTS` events and
+`WINDOW_BYTES` of text; a follower that falls behind it reads from SQLite.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import codecs
+import logging
+import sqlite3
+import time
 from collections import deque
 from collections.abc import AsyncIterator
 from typing import Any
@@ -13,13 +25,55 @@ from . import events as ev
 from .events import Event
 from .registry import Registry
 
-FLUSH_SECONDS = 0.05
+log = logging.getLogger("petri.executions")
+FLUSH_SECONDS = 0.02
+FLUSH_IDLE_SECONDS = 0.005  # a first event after a pause: joins writes microseconds apart
 FLUSH_EVENTS = 256
+FLUSH_BYTES = 1024 * 1024
 WINDOW_EVENTS = 1024
+WINDOW_BYTES = 2 * 1024 * 1024
+REPLAY_BATCH = 64
+COALESCE_CHARS = 64 * 1024
+
+
+def _utf8_len(text: str) -> int:
+    return len(text) if text.isascii() else len(text.encode("utf-8", "surrogatepass"))
+
+
+def _size(event: Event) -> int:
+    text = event.data.get("text")
+    return 64 + (len(text) if isinstance(text, str) else 0)
+
+
+class _Tail:
+    """The last `limit` bytes of one stream, as chunks tagged with their arrival order."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.chunks: deque[tuple[int, str]] = deque()
+        self.size = 0
+
+    def keep(self, order: int, text: str) -> int:
+        """Append; drop the oldest bytes beyond the limit; return how many were dropped."""
+        self.chunks.append((order, text))
+        self.size += _utf8_len(text)
+        dropped = 0
+        while self.size > self.limit and self.chunks:
+            n, t = self.chunks.popleft()
+            size = _utf8_len(t)
+            over = self.size - self.limit
+            if size > over:
+                rest = t.encode("utf-8", "surrogatepass")[over:].decode("utf-8", "ignore")
+                self.chunks.appendleft((n, rest))
+                size -= _utf8_len(rest)
+            self.size -= size
+            dropped += size
+        return dropped
 
 
 class OutputBudget:
-    """Counts output bytes; past the budget keeps only a rolling tail, in arrival order."""
+    """Counts output bytes; past the budget keeps only a rolling tail of each stream, so a
+    flood on one stream never pushes the other's last words out."""
 
     def __init__(self, budget: int, tail_bytes: int) -> None:
         self.budget = budget
@@ -27,8 +81,8 @@ class OutputBudget:
         self.used = 0
         self.truncated = False
         self.dropped = 0
-        self._tail: deque[tuple[str, str]] = deque()
-        self._tail_size = 0
+        self._tails: dict[str, _Tail] = {}
+        self._order = 0
 
     def admit(self, kind: str, text: str) -> str:
         """The part of `text` that may be sent now; the rest goes to the tail."""
@@ -36,35 +90,27 @@ class OutputBudget:
             self._keep(kind, text)
             return ""
         room = self.budget - self.used
-        size = len(text.encode("utf-8", "surrogatepass"))
+        size = _utf8_len(text)
         if size <= room:
             self.used += size
             return text
         head = text.encode("utf-8", "surrogatepass")[:room].decode("utf-8", "ignore")
-        self.used += len(head.encode())
+        self.used += _utf8_len(head)
         self.truncated = True
         self._keep(kind, text[len(head) :])
         return head
 
     def _keep(self, kind: str, text: str) -> None:
-        self._tail.append((kind, text))
-        self._tail_size += len(text)
-        while self._tail_size > self.tail_bytes and self._tail:
-            k, t = self._tail.popleft()
-            over = self._tail_size - self.tail_bytes
-            if len(t) > over:
-                self._tail.appendleft((k, t[over:]))
-                self._tail_size -= over
-                self.dropped += over
-            else:
-                self._tail_size -= len(t)
-                self.dropped += len(t)
+        if text:
+            self._order += 1
+            tail = self._tails.setdefault(kind, _Tail(self.tail_bytes))
+            self.dropped += tail.keep(self._order, text)
 
     def tail(self) -> list[tuple[str, str]]:
-        chunks = list(self._tail)
-        self._tail.clear()
-        self._tail_size = 0
-        return chunks
+        """Every stream's kept tail, merged back into arrival order; then empty."""
+        merged = sorted((n, kind, text) for kind, t in self._tails.items() for n, text in t.chunks)
+        self._tails.clear()
+        return [(kind, text) for _, kind, text in merged]
 
 
 class ExecutionLog:
@@ -85,12 +131,17 @@ class ExecutionLog:
         self.persist = persist
         self.budget = OutputBudget(budget, tail_bytes)
         self.next_id = first_id
+        self.durable = first_id - 1  # followers see events up to this id
         self.done = asyncio.Event()
         self.terminal: Event | None = None
         self._window: deque[Event] = deque()
+        self._window_bytes = 0
         self._pending: list[Event] = []
+        self._pending_bytes = 0
+        self._cursors: dict[object, int] = {}  # live followers (used when not persisting)
         self._wake = asyncio.Event()
         self._flush_handle: asyncio.TimerHandle | None = None
+        self._flushed_at = 0.0
         self._decoders = {
             ev.STDOUT: codecs.getincrementaldecoder("utf-8")("replace"),
             ev.STDERR: codecs.getincrementaldecoder("utf-8")("replace"),
@@ -103,19 +154,31 @@ class ExecutionLog:
             raise RuntimeError(f"execution {self.execution_id} already ended")
         event = Event(self.next_id, type_, data)
         self.next_id += 1
+        size = _size(event)
         self._window.append(event)
-        self._pending.append(event)
+        self._window_bytes += size
         if event.terminal:
             self.terminal = event
-            self.flush()
+        if not self.persist:
+            self.durable = event.id
+            self._trim()
+            self._wake_followers()
+        else:
+            self._pending.append(event)
+            self._pending_bytes += size
+            if (
+                event.terminal
+                or len(self._pending) >= FLUSH_EVENTS
+                or self._pending_bytes >= FLUSH_BYTES
+            ):
+                self.flush()
+            elif self._flush_handle is None:
+                loop = asyncio.get_running_loop()
+                due = self._flushed_at + FLUSH_SECONDS - time.monotonic()
+                delay = max(FLUSH_IDLE_SECONDS, due)
+                self._flush_handle = loop.call_later(delay, self.flush)
+        if event.terminal:
             self.done.set()
-        elif len(self._pending) >= FLUSH_EVENTS:
-            self.flush()
-        elif self._flush_handle is None:
-            self._flush_handle = asyncio.get_running_loop().call_later(FLUSH_SECONDS, self.flush)
-        self._trim()
-        self._wake.set()
-        self._wake = asyncio.Event()
         return event
 
     def output(self, kind: str, raw: bytes) -> None:
@@ -129,7 +192,7 @@ class ExecutionLog:
             return
         was_truncated = self.budget.truncated
         admitted = self.budget.admit(kind, text)
-        if admitted:
+        if admitted and not self._coalesce(kind, admitted):
             self.emit(kind, {"text": admitted})
         if self.budget.truncated and not was_truncated:
             self.emit(
@@ -140,6 +203,22 @@ class ExecutionLog:
                 },
             )
 
+    def _coalesce(self, kind: str, text: str) -> bool:
+        """Append to the last event if it is output of the same kind nobody has seen yet
+        (pending, so not yet visible): fewer, larger events under load, same bytes."""
+        if not self._pending:
+            return False
+        last = self._pending[-1]
+        if last.type != kind or len(last.data["text"]) + len(text) > COALESCE_CHARS:
+            return False
+        merged = Event(last.id, kind, {"text": last.data["text"] + text})
+        self._pending[-1] = self._window[-1] = merged  # the newest event is last in both
+        self._pending_bytes += len(text)
+        self._window_bytes += len(text)
+        if self._pending_bytes >= FLUSH_BYTES:
+            self.flush()
+        return True
+
     def close_output(self) -> None:
         """End of program output: flush the decoders, then the kept tail."""
         for kind, decoder in self._decoders.items():
@@ -148,49 +227,83 @@ class ExecutionLog:
             self.emit(kind, {"text": text})
 
     def flush(self) -> None:
+        """Commit pending events in one transaction, then let followers see them."""
         if self._flush_handle is not None:
             self._flush_handle.cancel()
             self._flush_handle = None
-        if self._pending and self.persist:
+        if not self._pending:
+            return
+        try:
             self.registry.append_events(self.execution_id, self._pending)
+        except sqlite3.Error:  # a full disk must not stop the stream; replay will miss these
+            log.exception("could not store events of %s", self.execution_id)
+        self.durable = self._pending[-1].id
+        self._flushed_at = time.monotonic()
         self._pending = []
+        self._pending_bytes = 0
         self._trim()
+        self._wake_followers()
+
+    def _wake_followers(self) -> None:
+        self._wake.set()
+        self._wake = asyncio.Event()
 
     def _trim(self) -> None:
-        # Only persisted events leave memory, so a follower can always find them in SQLite.
-        limit = len(self._window) - WINDOW_EVENTS
-        unflushed = len(self._pending)
-        while limit > 0 and len(self._window) > unflushed and self.persist:
-            self._window.popleft()
-            limit -= 1
+        """Drop the oldest events beyond the window's bounds. Persisted, only stored ones
+        leave (a follower finds them in SQLite); not persisted, only ones every follower read."""
+        cursors = self._cursors.values()
+        floor = self.durable if self.persist else min(cursors, default=self.durable)
+        window = self._window
+        while window and window[0].id <= floor:
+            if len(window) <= WINDOW_EVENTS and self._window_bytes <= WINDOW_BYTES:
+                break
+            self._window_bytes -= _size(window.popleft())
 
     # --- reading -----------------------------------------------------------------------------
 
     async def follow(self, after: int = 0) -> AsyncIterator[Event]:
         """Every event with id > `after`, exactly once and in order, until the terminal one."""
         cursor = after
-        while True:
-            wake = self._wake
-            if self._window and cursor + 1 < self._window[0].id:
-                batch = self.registry.events(self.execution_id, cursor, limit=500)
-            else:
-                batch = [e for e in self._window if e.id > cursor]
-            for event in batch:
-                yield event
-                cursor = event.id
-                if event.terminal:
-                    return
-            if not batch:
-                if self.terminal is not None and cursor >= self.terminal.id:
-                    return
-                await wake.wait()
+        token = object()
+        try:
+            while True:
+                wake = self._wake
+                if not self.persist:
+                    self._cursors[token] = cursor
+                batch = self._batch(cursor)
+                for event in batch:
+                    yield event
+                    cursor = event.id
+                    if event.terminal:
+                        return
+                if not batch:
+                    if self.terminal is not None and cursor >= self.terminal.id:
+                        return
+                    await wake.wait()
+        finally:
+            self._cursors.pop(token, None)
+
+    def _batch(self, cursor: int) -> list[Event]:
+        window = self._window
+        if window and cursor + 1 < window[0].id:
+            if self.persist:
+                stored = self.registry.events(self.execution_id, cursor, limit=REPLAY_BATCH)
+                if stored:
+                    return stored
+            # Not stored (persistence off, or a failed write): continue from the window.
+            cursor = window[0].id - 1
+        if not window or cursor >= self.durable:
+            return []
+        start = max(0, cursor + 1 - window[0].id)
+        stop = min(len(window), self.durable + 1 - window[0].id, start + REPLAY_BATCH * 4)
+        return [window[i] for i in range(start, stop)]
 
 
 async def replay(registry: Registry, execution_id: str, after: int = 0) -> AsyncIterator[Event]:
     """Events of an execution that is no longer live, from SQLite."""
     cursor = after
     while True:
-        batch = registry.events(execution_id, cursor, limit=500)
+        batch = registry.events(execution_id, cursor, limit=REPLAY_BATCH)
         if not batch:
             return
         for event in batch:

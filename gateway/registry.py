@@ -6,8 +6,13 @@ Calls are short and run on the event loop's thread; event writes arrive in batch
 
 from __future__ import annotations
 
+import contextlib
 import json
+import logging
+import os
+import secrets
 import sqlite3
+import threading
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict
 from pathlib import Path
@@ -15,6 +20,8 @@ from typing import Any
 
 from .events import Event
 from .models import Execution, Limits, Sandbox
+
+log = logging.getLogger("petri.registry")
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS sandboxes (
@@ -67,6 +74,62 @@ _EXEC_COLUMNS = (
 )
 
 
+CHECKPOINT_SECONDS = 1.0
+CHECKPOINT_BYTES = 2 * 1024 * 1024
+
+
+class _Checkpointer(threading.Thread):
+    """Copies the WAL into the database (and fsyncs it) on a thread of its own, with its own
+    connection: done by the writer, as SQLite's automatic checkpoint is, it stalls the event
+    loop for tens of milliseconds every few MB of events."""
+
+    def __init__(self, path: Path) -> None:
+        super().__init__(name="petri-checkpoint", daemon=True)
+        self.path = path
+        self.wake = threading.Event()
+        self.stopping = False
+
+    def run(self) -> None:
+        db = sqlite3.connect(self.path, isolation_level=None)
+        db.execute("PRAGMA busy_timeout=5000")
+        try:
+            while not self.stopping:
+                self.wake.wait(CHECKPOINT_SECONDS)
+                self.wake.clear()
+                try:
+                    db.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+                except sqlite3.Error as exc:
+                    log.warning("WAL checkpoint failed: %s", exc)
+        finally:
+            db.close()
+
+    def stop(self) -> None:
+        self.stopping = True
+        self.wake.set()
+        self.join(10)
+
+
+def instance_id(data_dir: Path) -> str:
+    """This gateway's id, made once and kept in the data dir. Every container carries it as
+    `petri.instance`, so gateways side by side (even with equal paths in separate containers)
+    never sweep each other's containers."""
+    path = data_dir / "instance-id"
+    try:
+        return path.read_text().strip()
+    except FileNotFoundError:
+        pass
+    data_dir.mkdir(parents=True, exist_ok=True)
+    tmp = data_dir / f".instance-id.{os.getpid()}"
+    tmp.write_text(secrets.token_hex(5))
+    try:
+        os.link(tmp, path)  # atomic: the first writer wins
+    except FileExistsError:
+        pass
+    finally:
+        tmp.unlink()
+    return path.read_text().strip()
+
+
 class Registry:
     def __init__(self, data_dir: Path) -> None:
         data_dir.mkdir(parents=True, exist_ok=True)
@@ -75,10 +138,25 @@ class Registry:
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=NORMAL")
         self._db.execute("PRAGMA busy_timeout=5000")
+        self._db.execute("PRAGMA wal_autocheckpoint=0")  # `_Checkpointer` does it
+        self._db.execute(f"PRAGMA journal_size_limit={64 * 1024 * 1024}")
         self._db.executescript(SCHEMA)
+        self._checkpointer = _Checkpointer(self.path)
+        self._checkpointer.start()
+        self._unchecked = 0
 
     def close(self) -> None:
+        self._checkpointer.stop()
+        with contextlib.suppress(sqlite3.Error):
+            self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
         self._db.close()
+
+    def _written(self, size: int) -> None:
+        """Count bytes written; wake the checkpointer every `CHECKPOINT_BYTES`."""
+        self._unchecked += size
+        if self._unchecked >= CHECKPOINT_BYTES:
+            self._unchecked = 0
+            self._checkpointer.wake.set()
 
     # --- sandboxes ---------------------------------------------------------------------------
 
@@ -180,12 +258,11 @@ class Registry:
     # --- events ------------------------------------------------------------------------------
 
     def append_events(self, execution_id: str, events: Sequence[Event]) -> None:
+        rows = [(execution_id, e.id, e.type, e.data_json()) for e in events]
         with self._db:
             self._db.execute("BEGIN")
-            self._db.executemany(
-                "INSERT OR IGNORE INTO events VALUES (?, ?, ?, ?)",
-                ((execution_id, e.id, e.type, e.data_json()) for e in events),
-            )
+            self._db.executemany("INSERT OR IGNORE INTO events VALUES (?, ?, ?, ?)", rows)
+        self._written(sum(len(r[3]) for r in rows))
 
     def events(self, execution_id: str, after: int = 0, limit: int = 500) -> list[Event]:
         rows = self._db.execute(
@@ -193,7 +270,7 @@ class Registry:
             "ORDER BY id LIMIT ?",
             (execution_id, after, limit),
         ).fetchall()
-        return [Event(r[0], r[1], json.loads(r[2])) for r in rows]
+        return [Event(r[0], r[1], json.loads(r[2]), r[2]) for r in rows]
 
     def last_event_id(self, execution_id: str) -> int:
         row = self._db.execute(

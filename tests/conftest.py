@@ -21,6 +21,8 @@ from typing import Any
 import httpx
 import pytest
 
+from gateway.registry import instance_id
+
 ROOT = Path(__file__).resolve().parent.parent
 RUNTIMES = ROOT / "runtimes"
 
@@ -101,9 +103,7 @@ def make_gateway(tmp: Path, **settings: str) -> Gateway:
 
 
 def cleanup_containers(gateway_dir: Path) -> None:
-    import hashlib
-
-    instance = hashlib.sha256(str((gateway_dir / "data").resolve()).encode()).hexdigest()[:10]
+    instance = instance_id(gateway_dir / "data")
     ids = subprocess.run(
         ["docker", "ps", "-aq", "--filter", f"label=petri.instance={instance}"],
         capture_output=True,

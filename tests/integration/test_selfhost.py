@@ -106,9 +106,9 @@ def containerized_gateway(
     workspaces = Path(tempfile.mkdtemp(prefix="petri-selfhost-ws-"))
     name = f"petri-selfhost-{uuid.uuid4().hex[:10]}"
     port = free_port()
-    # A data dir of its own: the sandbox label (and the start-up orphan sweep) is derived
-    # from it, so a shared path would let this gateway sweep another one's sandboxes.
-    data_dir = f"/var/lib/petri/data-{name}"
+    # The gateway's data dir is a volume of its own; its instance id (the label its orphan
+    # sweep goes by) is made there at first start, so equal paths in two containers are safe.
+    data_dir = "/var/lib/petri/data"
     if request.param == "host":
         network = ["--network", "host", "-e", f"PETRI_EGRESS_PORT={free_port()}"]
         serve = ["--host", "127.0.0.1", "--port", str(port)]
@@ -145,19 +145,13 @@ def containerized_gateway(
         yield url, workspaces, name
     finally:
         logs = _docker("logs", "--tail", "60", name)
+        instance = _docker("exec", name, "cat", f"{data_dir}/instance-id").stdout.strip()
         _docker("rm", "-f", "-v", name, timeout=60)
-        instance = _instance_label(data_dir)
         leftovers = _docker("ps", "-aq", "--filter", f"label=petri.instance={instance}")
-        if leftovers.stdout.split():
+        if instance and leftovers.stdout.split():
             _docker("rm", "-f", *leftovers.stdout.split(), timeout=60)
         shutil.rmtree(workspaces, ignore_errors=True)
         print(f"gateway container logs ({request.param}):\n{logs.stdout}{logs.stderr}")
-
-
-def _instance_label(data_dir: str) -> str:
-    import hashlib
-
-    return hashlib.sha256(data_dir.encode()).hexdigest()[:10]
 
 
 def _wait_healthy(name: str, url: str, seconds: float = 60) -> None:

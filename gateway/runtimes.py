@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -14,7 +15,42 @@ IMAGE_TAG = "latest"
 
 _STR_KEYS = ("name", "image", "source_file", "smoke", "smoke_expect")
 _ARGV_KEYS = ("run", "test", "manifests")
-_KNOWN_KEYS = frozenset((*_STR_KEYS, *_ARGV_KEYS, "env"))
+_KNOWN_KEYS = frozenset((*_STR_KEYS, *_ARGV_KEYS, "env", "install"))
+# `[install]`: how dependencies are installed (gateway/deps.py runs the plans).
+DETECTORS = frozenset({"python-imports", "go-imports"})
+BOM_FORMATS = frozenset({"pip-json", "npm-json", "go-list", "maven-list"})
+_INSTALL_KEYS = frozenset(
+    {"env", "plans", "bom", "bom_format", "tools", "tool_packages", "missing_module"}
+)
+_PLAN_KEYS = frozenset({"name", "when", "detect", "hash", "run", "skip"})
+
+
+@dataclass(frozen=True)
+class InstallPlan:
+    """One way to install: selected when every `when` file exists (or, with `detect`, when
+    that detector finds imports); `run` is a shell script for the install container, or
+    `skip` says why this image cannot install this kind of project."""
+
+    name: str
+    when: tuple[str, ...] = ()
+    detect: str = ""
+    hash: tuple[str, ...] = ()
+    run: str = ""
+    skip: str = ""
+
+
+@dataclass(frozen=True)
+class InstallSpec:
+    """`[install]` of a runtime.toml: plans in order of preference, the environment that
+    installs and execs share, the bill-of-materials command and its format, helper files."""
+
+    plans: tuple[InstallPlan, ...]
+    env: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
+    bom: str = ""
+    bom_format: str = ""
+    tools: tuple[str, ...] = ()
+    tool_packages: tuple[str, ...] = ()
+    missing_module: str = ""
 
 
 @dataclass(frozen=True)
@@ -31,6 +67,7 @@ class Runtime:
     smoke_expect: str
     env: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
     folder: Path = Path()
+    install: InstallSpec | None = None
 
     def run_argv(self, file: str) -> list[str]:
         """The argv that runs `file` (a path relative to /sandbox)."""
@@ -98,6 +135,7 @@ def _parse(path: Path, data: dict[str, Any]) -> Runtime:
         smoke_expect=strs["smoke_expect"],
         env=MappingProxyType(env),
         folder=folder,
+        install=_install(path, data["install"]) if "install" in data else None,
     )
 
 
@@ -134,3 +172,75 @@ def _env(path: Path, value: object) -> dict[str, str]:
             raise ValueError(f"{path}: env key {key!r} is not a valid variable name")
         env[key] = item
     return env
+
+
+def _install(path: Path, value: object) -> InstallSpec:
+    if not isinstance(value, dict):
+        raise ValueError(f"{path}: [install] must be a table, got {value!r}")
+    unknown = sorted(set(value) - _INSTALL_KEYS)
+    if unknown:
+        raise ValueError(f"{path}: unknown [install] key(s): {', '.join(unknown)}")
+    plans = value.get("plans", [])
+    if not isinstance(plans, list) or not all(isinstance(p, dict) for p in plans):
+        raise ValueError(f"{path}: install.plans must be an array of tables ([[install.plans]])")
+    parsed = tuple(_plan(path, i, p) for i, p in enumerate(plans))
+    names = [p.name for p in parsed]
+    if len(set(names)) != len(names):
+        raise ValueError(f"{path}: install plan names must be unique, got {names}")
+    texts = {k: value.get(k, "") for k in ("bom", "bom_format", "missing_module")}
+    for key, text in texts.items():
+        if not isinstance(text, str):
+            raise ValueError(f"{path}: install.{key} must be a string, got {text!r}")
+    if texts["bom_format"] and texts["bom_format"] not in BOM_FORMATS:
+        known = ", ".join(sorted(BOM_FORMATS))
+        raise ValueError(f"{path}: install.bom_format must be one of: {known}")
+    if bool(texts["bom"]) != bool(texts["bom_format"]):
+        raise ValueError(f"{path}: install.bom and install.bom_format go together")
+    if texts["missing_module"]:
+        try:
+            groups = re.compile(texts["missing_module"]).groups
+        except re.error as exc:
+            raise ValueError(f"{path}: install.missing_module is not a regex: {exc}") from None
+        if groups != 1:
+            raise ValueError(f"{path}: install.missing_module needs exactly one group")
+    tools = _optional_strings(path, value, "tools")
+    for rel in tools:
+        if Path(rel).is_absolute() or ".." in Path(rel).parts or not (path.parent / rel).is_file():
+            raise ValueError(f"{path}: install tool {rel!r} is not a file inside the folder")
+    return InstallSpec(
+        plans=parsed,
+        env=MappingProxyType(_env(path, value.get("env", {}))),
+        bom=texts["bom"],
+        bom_format=texts["bom_format"],
+        tools=tools,
+        tool_packages=_optional_strings(path, value, "tool_packages"),
+        missing_module=texts["missing_module"],
+    )
+
+
+def _plan(path: Path, index: int, value: dict[str, Any]) -> InstallPlan:
+    where = f"{path}: install.plans[{index}]"
+    unknown = sorted(set(value) - _PLAN_KEYS)
+    if unknown:
+        raise ValueError(f"{where}: unknown key(s): {', '.join(unknown)}")
+    texts = {k: value.get(k, "") for k in ("name", "detect", "run", "skip")}
+    if not all(isinstance(t, str) for t in texts.values()) or not texts["name"]:
+        raise ValueError(f"{where}: name, detect, run and skip are strings; name is required")
+    when = _optional_strings(path, value, "when")
+    hashed = _optional_strings(path, value, "hash")
+    if bool(when) == bool(texts["detect"]):
+        raise ValueError(f"{where}: give exactly one of `when` (files) or `detect`")
+    if texts["detect"] and texts["detect"] not in DETECTORS:
+        raise ValueError(f"{where}: detect must be one of: {', '.join(sorted(DETECTORS))}")
+    if bool(texts["run"]) == bool(texts["skip"]):
+        raise ValueError(f"{where}: give exactly one of `run` (a script) or `skip` (why not)")
+    for rel in (*when, *hashed):
+        if rel.startswith("/") or ".." in rel.split("/"):
+            raise ValueError(f"{where}: {rel!r} must be a path inside the workspace")
+    return InstallPlan(
+        texts["name"], when, texts["detect"], hashed or when, texts["run"], texts["skip"]
+    )
+
+
+def _optional_strings(path: Path, data: dict[str, Any], key: str) -> tuple[str, ...]:
+    return _strings(path, data, key) if key in data else ()

@@ -8,7 +8,7 @@ import logging
 from collections.abc import AsyncIterator
 
 from .config import Settings
-from .deps import Installer
+from .deps import ContainerInstaller
 from .errors import PetriError
 from .reaper import reap_forever
 from .registry import Registry
@@ -25,18 +25,21 @@ async def open_gateway(settings: Settings) -> AsyncIterator[Sandboxes]:
     registry = Registry(settings.data_dir)
     runner = Runner(settings.docker_url)
     workspaces = Workspaces(settings.workspace_root, settings.uid, settings.gid)
+    installer = make_installer(settings, registry, runner, workspaces)
     sandboxes = Sandboxes(
         settings,
         registry,
         runner,
         workspaces,
         load_runtimes(settings.runtimes_dir),
-        make_installer(settings),
+        installer,
     )
+    installer.labels = dict(sandboxes.labels)  # install containers are swept like the rest
     try:
         await sandboxes.recover()
     except PetriError as exc:
         log.warning("start-up recovery incomplete (%s); continuing", exc.message)
+    await installer.start()  # the install network and its egress proxy
     reaper = asyncio.create_task(reap_forever(sandboxes, settings.reaper_interval_seconds))
     try:
         yield sandboxes
@@ -45,9 +48,12 @@ async def open_gateway(settings: Settings) -> AsyncIterator[Sandboxes]:
         with contextlib.suppress(asyncio.CancelledError):
             await reaper
         await sandboxes.shutdown()
+        await installer.close()
         await runner.close()
         registry.close()
 
 
-def make_installer(settings: Settings) -> Installer:
-    return Installer()
+def make_installer(
+    settings: Settings, registry: Registry, runner: Runner, workspaces: Workspaces
+) -> ContainerInstaller:
+    return ContainerInstaller(settings, registry, runner, workspaces)

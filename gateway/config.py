@@ -9,6 +9,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .egress import parse_allowlist
+
 DEFAULT_CA_BUNDLE = "/etc/ssl/certs/ca-certificates.crt"
 DEFAULT_EGRESS_ALLOW = (
     "pypi.org,files.pythonhosted.org,registry.npmjs.org,proxy.golang.org,sum.golang.org,"
@@ -55,7 +57,17 @@ class Settings:
     )
     egress_allow: str = field(
         default=DEFAULT_EGRESS_ALLOW,
-        metadata=_meta("comma-separated hosts install containers may reach (`*.` prefix allowed)"),
+        metadata=_meta(
+            "hosts install containers may reach: `host`, `host:port`, `*.suffix`, `.suffix`"
+        ),
+    )
+    egress_network: str = field(
+        default="petri-egress",
+        metadata=_meta("internal Docker network of install containers (made when missing)"),
+    )
+    egress_port: int = field(
+        default=0,
+        metadata=_meta("port of the egress proxy on that network's gateway address; 0: any free"),
     )
     sandbox_user: str = field(default="1000:1000", metadata=_meta("uid:gid programs run as"))
     default_ttl_seconds: int = field(
@@ -93,7 +105,7 @@ class Settings:
         metadata=_meta("stdout+stderr kept per exec: the head up to this, then the tail"),
     )
     output_tail_bytes: int = field(
-        default=64 * 1024, metadata=_meta("tail kept past the output budget")
+        default=64 * 1024, metadata=_meta("tail kept per stream past the output budget")
     )
     max_body_bytes: int = field(default=1024 * 1024, metadata=_meta("largest JSON request body"))
     max_upload_bytes: int = field(
@@ -158,6 +170,7 @@ class Settings:
             "reaper_interval_seconds",
             "output_budget_bytes",
             "max_body_bytes",
+            "install_timeout_seconds",
         )
         for name in positive:
             if not getattr(self, name) > 0:
@@ -176,6 +189,12 @@ class Settings:
         uid, _, gid = self.sandbox_user.partition(":")
         if not (uid.isdigit() and gid.isdigit()) or uid == "0":
             raise SettingsError("PETRI_SANDBOX_USER must be a non-root 'uid:gid', e.g. 1000:1000")
+        try:
+            parse_allowlist(self.egress_hosts)
+        except ValueError as exc:
+            raise SettingsError(f"PETRI_EGRESS_ALLOW: {exc}") from None
+        if self.egress_port > 65535:
+            raise SettingsError("PETRI_EGRESS_PORT must be a port number (0: any free port)")
         if self.ca_bundle and not Path(self.ca_bundle).is_file():
             raise SettingsError(f"PETRI_CA_BUNDLE {self.ca_bundle!r} is not a file")
         if not (self.runtimes_dir / "python").is_dir():

@@ -134,12 +134,14 @@ def _check_env(env: EnvMap | None) -> EnvMap | None:
             raise ValueError(f"{key[:40]!r} is not a valid environment variable name")
         if "\x00" in value or len(value) > 32768:
             raise ValueError(f"value of {key} holds a NUL byte or is longer than 32768")
+        if any(0xD800 <= ord(c) <= 0xDFFF for c in value):
+            raise ValueError(f"value of {key} is not valid Unicode (a lone surrogate)")
     return env
 
 
 class LimitsBody(_Body):
     memory_mb: int | None = Field(default=None, ge=16)
-    cpus: float | None = Field(default=None, gt=0)
+    cpus: float | None = Field(default=None, ge=0.01)
     pids: int | None = Field(default=None, ge=8)
     disk_mb: int | None = Field(default=None, ge=16)
 
@@ -150,7 +152,7 @@ class LimitsBody(_Body):
 
 
 class CreateSandbox(_Body):
-    language: str = Field(min_length=1, max_length=32)
+    language: str = Field(min_length=1, max_length=32, examples=["python", "node", "go", "java"])
     ttl_seconds: int | None = Field(default=None, ge=1)
     env: EnvMap | None = None
     limits: LimitsBody | None = None
@@ -164,6 +166,8 @@ class ExecBody(_Body):
     filename: str | None = Field(default=None, min_length=1, max_length=1024)
     test: bool = False
     timeout_seconds: int | None = Field(default=None, ge=1)
+    # no output (stdout or stderr) for this long: killed, `timed_out` and `idle` on `exit`
+    idle_timeout_seconds: int | None = Field(default=None, ge=1)
     env: EnvMap | None = None
     stdin: str | None = Field(default=None, max_length=16 * 1024 * 1024)
     wait: bool = True

@@ -27,15 +27,15 @@ def _json_body(ref: str) -> dict[str, Any]:
 
 
 def _responses(*codes: int, ok: str = "OK") -> dict[str, Any]:
+    error = {
+        "description": "error",
+        "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}},
+    }
     out: dict[str, Any] = {}
     for code in codes:
-        if code < 300:
-            out[str(code)] = {"description": ok}
-        else:
-            out[str(code)] = {
-                "description": "error",
-                "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}},
-            }
+        out[str(code)] = {"description": ok} if code < 300 else error
+    # Any other failure (413 over the body limit, 503 Docker unavailable, ...) has the same shape.
+    out["default"] = {**error, "description": "any other error"}
     return out
 
 
@@ -67,6 +67,7 @@ def document() -> dict[str, Any]:
     }
     paths: dict[str, Any] = {
         "/healthz": {"get": {"summary": "liveness", "responses": _responses(200)}},
+        "/openapi.json": {"get": {"summary": "this document", "responses": _responses(200)}},
         "/readyz": {
             "get": {"summary": "readiness (Docker reachable)", "responses": _responses(200, 503)}
         },
@@ -132,6 +133,14 @@ def document() -> dict[str, Any]:
                 "summary": "run a command, code or file (JSON result, 202, or SSE)",
                 "requestBody": _json_body("ExecBody"),
                 "responses": _responses(200, 202, 400, 404, 413, 415, 422, 503),
+            },
+        },
+        "/v1/sandboxes/{sid}/packages": {
+            "parameters": [SID],
+            "get": {
+                "summary": "installed dependencies: {packages: [{name, version, language}], "
+                "manifest_hash}",
+                "responses": _responses(200, 404),
             },
         },
         "/v1/sandboxes/{sid}/executions": {

@@ -78,7 +78,7 @@ async def _json(request: Request) -> Any:
     except UnicodeDecodeError:
         raise BadRequest("the body is not valid UTF-8", code="invalid_utf8") from None
     try:
-        data = json.loads(text)
+        data = json.loads(text, parse_constant=_no_constant)
     except json.JSONDecodeError as exc:
         raise BadRequest(
             f"malformed JSON: {exc.msg} at line {exc.lineno} column {exc.colno}",
@@ -86,8 +86,14 @@ async def _json(request: Request) -> Any:
         ) from None
     except RecursionError:
         raise BadRequest("JSON nested too deeply", code="json_too_deep") from None
+    except ValueError as exc:  # an integer of more than 4300 digits, NaN, Infinity
+        raise BadRequest(f"malformed JSON: {str(exc)[:120]}", code="malformed_json") from None
     _check_depth(data, 0)
     return data
+
+
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
 
 
 def _check_depth(value: Any, depth: int) -> None:
@@ -293,6 +299,10 @@ def _sse(request: Request, events: AsyncIterator[Event], headers: dict[str, str]
     )
 
 
+async def list_packages(request: Request) -> Response:
+    return JSONResponse(_gateway(request).packages(request.path_params["sid"]))
+
+
 async def list_executions(request: Request) -> Response:
     limit = _int_param(request, "limit", 100, 1, 1000)
     found = _gateway(request).executions(request.path_params["sid"], limit)
@@ -395,6 +405,7 @@ ROUTES = [
     Route("/v1/sandboxes/{sid}/files/{path:path}", delete_file, methods=["DELETE"]),
     Route("/v1/sandboxes/{sid}/upload", upload_zip, methods=["POST"]),
     Route("/v1/sandboxes/{sid}/exec", exec_, methods=["POST"]),
+    Route("/v1/sandboxes/{sid}/packages", list_packages, methods=["GET"]),
     Route("/v1/sandboxes/{sid}/executions", list_executions, methods=["GET"]),
     Route("/v1/sandboxes/{sid}/executions/{eid}", get_execution, methods=["GET"]),
     Route("/v1/sandboxes/{sid}/executions/{eid}/events", execution_events, methods=["GET"]),

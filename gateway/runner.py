@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ipaddress
 import re
 from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -20,14 +21,34 @@ from .errors import DockerUnavailable, NotFound, RunnerError
 
 STDOUT, STDERR = 1, 2
 LABEL = "petri.managed"
-# PID 1 of a sandbox: a shell that never exits on a signal it can get from inside and reaps
-# orphans (`wait` reaps any child), so `kill -KILL -1` from the sandbox user spares it.
-KEEPER = ["/bin/sh", "-c", "trap 'exit 0' TERM; while :; do sleep 86400 & wait; done"]
+# PID 1 of a sandbox: a shell that reaps orphans (`wait` reaps any child). The kernel drops a
+# signal sent from inside to a PID namespace's init unless init handles it; dash handles only
+# SIGINT (ignored here) and SIGCHLD (harmless), so `kill 1`, `kill -KILL 1` or `kill -INT 1`
+# from the sandbox cannot end it. Docker kills it from outside.
+KEEPER = ["/bin/sh", "-c", "trap '' INT; while :; do sleep 86400 & wait; done"]
 # Every exec runs as the leader of its own process group (Docker execs are session leaders);
 # the wrapper records that group so a kill or timeout can take the whole group down.
-_WRAP = 'echo $$ > "/tmp/.petri-$0.pid" 2>/dev/null; exec "$@"'
-_KILL_GROUP = 'p=$(cat "/tmp/.petri-$0.pid" 2>/dev/null) && kill -KILL -"$p" 2>/dev/null; exit 0'
+# A kill that comes before the pid file is written leaves a `.kill` marker the wrapper obeys.
+_WRAP = (
+    'echo $$ > "/tmp/.petri-$0.pid" 2>/dev/null; '
+    '[ -e "/tmp/.petri-$0.kill" ] && kill -KILL $$; exec "$@"'
+)
+# Helpers must not fork: under a fork bomb the pids limit is spent, but an exec can still
+# start (joining a cgroup ignores pids.max) and run shell builtins (`read`, `kill`) and `exec`.
+_KILL_GROUP = (
+    ': > "/tmp/.petri-$0.kill" 2>/dev/null; '
+    '{ read p < "/tmp/.petri-$0.pid"; } 2>/dev/null && kill -KILL -"$p" 2>/dev/null; exit 0'
+)
+# After an exec ended: kill what is left of its group (and, with "all", every process of the
+# sandbox user but PID 1: daemons that left the group), then remove its pid file.
+_SETTLE = (
+    '{ read p < "/tmp/.petri-$0.pid"; } 2>/dev/null && kill -KILL -"$p" 2>/dev/null; '
+    '[ "$1" = all ] && kill -KILL -1 2>/dev/null; '
+    'exec rm -f "/tmp/.petri-$0.pid" "/tmp/.petri-$0.kill"'
+)
 MERGE_BYTES = 64 * 1024
+HELPER_SECONDS = 15.0
+STDIN_CHUNK = 64 * 1024
 _OOM = re.compile(rb"^oom_kill (\d+)$", re.M)
 
 
@@ -54,11 +75,19 @@ class ContainerSpec:
     def config(self) -> dict[str, Any]:
         memory = self.memory_mb * 1024 * 1024
         fsize = self.fsize_mb * 1024 * 1024
+        # tmpfs pages are charged to the memory cgroup and cannot be reclaimed without swap:
+        # a full /tmp (or /dev/shm) must leave room to run, or the sandbox would OOM forever.
+        tmpfs_mb = max(1, min(self.tmpfs_mb, self.memory_mb // 2))
+        shm_mb = max(1, min(64, self.memory_mb // 8))
         host: dict[str, Any] = {
             "Binds": list(self.binds),
             "NetworkMode": self.network,
             "ReadonlyRootfs": True,
-            "Tmpfs": {"/tmp": f"rw,nosuid,nodev,exec,size={self.tmpfs_mb}m,mode=1777"},
+            "Tmpfs": {"/tmp": f"rw,nosuid,nodev,exec,size={tmpfs_mb}m,mode=1777"},
+            "ShmSize": shm_mb * 1024 * 1024,
+            # Under host memory pressure the kernel picks sandbox processes before the
+            # gateway, dockerd or anything else on the host.
+            "OomScoreAdj": 500,
             "CapDrop": ["ALL"],
             "SecurityOpt": ["no-new-privileges"],
             "Memory": memory,
@@ -68,6 +97,7 @@ class ContainerSpec:
             "Ulimits": [
                 {"Name": "nofile", "Soft": self.nofile, "Hard": self.nofile},
                 {"Name": "fsize", "Soft": fsize, "Hard": fsize},
+                {"Name": "core", "Soft": 0, "Hard": 0},
             ],
             "LogConfig": {"Type": "none"},
             "Init": False,
@@ -122,18 +152,31 @@ class Process:
         """
         with _docker_errors("reading output"):
             async with self._stream:
+                # stdin is fed beside the reading: a program may write before it reads (or
+                # never read at all), and a blocked write must not stop its output.
+                feeder = None
                 if self._stdin is not None:
-                    await self._feed_stdin(self._stdin)
-                async for item in _merged(self._stream):
-                    yield item
+                    feeder = asyncio.create_task(self._feed_stdin(self._stdin))
+                try:
+                    async for item in _merged(self._stream):
+                        yield item
+                finally:
+                    if feeder is not None:
+                        feeder.cancel()
+                        with contextlib.suppress(asyncio.CancelledError):
+                            await feeder
 
     async def _feed_stdin(self, data: bytes) -> None:
-        if data:
-            await self._stream.write_in(data)
-        # Half-close: the program sees EOF on stdin while its output keeps flowing.
-        transport = self._stream._resp.connection.transport
-        if transport is not None and transport.can_write_eof():
-            transport.write_eof()
+        view = memoryview(data)
+        try:
+            for at in range(0, len(view), STDIN_CHUNK):
+                await self._stream.write_in(bytes(view[at : at + STDIN_CHUNK]))
+            # Half-close: the program sees EOF on stdin while its output keeps flowing.
+            transport = self._stream._resp.connection.transport
+            if transport is not None and transport.can_write_eof():
+                transport.write_eof()
+        except (OSError, RuntimeError, aiohttp.ClientError):
+            pass  # the program ended (or closed stdin) before it read everything
 
     async def exit_code(self) -> int:
         with _docker_errors("reading exit code"):
@@ -191,7 +234,9 @@ class Runner:
             with _docker_errors(f"running container {spec.name}"):
                 container = await self.docker.containers.create(spec.config(), name=spec.name)
                 state["container"] = container
-                stream = container.attach(stdout=True, stderr=True, logs=True)
+                # Attached before start: nothing to replay (and with the `none` log
+                # driver, `logs=True` fails the attach).
+                stream = container.attach(stdout=True, stderr=True, logs=False)
                 async with stream:
                     await container.start()
                     async for item in _merged(stream):
@@ -228,6 +273,42 @@ class Runner:
         with _docker_errors("listing containers"):
             found = await self.docker.containers.list(all=True, filters={"label": wanted})
         return [(str(c.id), dict(c["Labels"] or {})) for c in found]
+
+    async def ensure_network(
+        self,
+        name: str,
+        *,
+        internal: bool = True,
+        icc: bool = False,
+        labels: Mapping[str, str] | None = None,
+    ) -> str:
+        """Create (or reuse) a bridge network; return its gateway address on the host.
+
+        `internal` gives it no route out; `icc=False` stops its containers reaching each
+        other. An existing network of that name with other settings is refused, not reused.
+        """
+        options = {"com.docker.network.bridge.enable_icc": "true" if icc else "false"}
+        with _docker_errors(f"preparing network {name}"):
+            try:
+                info = await (await self.docker.networks.get(name)).show()
+            except aiodocker.DockerError as exc:
+                if exc.status != 404:
+                    raise
+                config = {"Name": name, "Driver": "bridge", "Internal": internal}
+                config.update(CheckDuplicate=True, Options=options, Labels=dict(labels or {}))
+                with contextlib.suppress(aiodocker.DockerError):  # 409: made meanwhile
+                    await self.docker.networks.create(config)
+                info = await (await self.docker.networks.get(name)).show()
+        found = info.get("Options") or {}
+        wrong = any(found.get(k) != v for k, v in options.items())
+        if wrong or bool(info.get("Internal")) != internal:
+            raise RunnerError(f"network {name} exists with other settings (internal, icc)")
+        for pool in (info.get("IPAM") or {}).get("Config") or []:
+            if pool.get("Gateway"):
+                return str(pool["Gateway"])
+            if pool.get("Subnet"):
+                return str(next(ipaddress.ip_network(pool["Subnet"], strict=False).hosts()))
+        raise RunnerError(f"network {name} has no gateway address")
 
     async def exec(
         self,
@@ -267,30 +348,42 @@ class Runner:
             container_id, ["/bin/sh", "-c", "kill -KILL -1 2>/dev/null; exit 0"], user
         )
 
+    async def settle(self, container_id: str, exec_id: str, user: str, *, everything: bool) -> None:
+        """After an exec ended: SIGKILL what is left of its process group (background jobs,
+        a fork bomb) and, with `everything`, every process of the sandbox user but PID 1."""
+        argv = ["/bin/sh", "-c", _SETTLE, exec_id, "all" if everything else "group"]
+        await self._quick(container_id, argv, user)
+
+    async def kill_container(self, container_id: str) -> None:
+        """SIGKILL the container's PID 1, which takes every process of the sandbox with it
+        (the last resort when nothing can be started inside). The workspace is untouched."""
+        with contextlib.suppress(NotFound, RunnerError), _docker_errors("killing container"):
+            await self.docker.containers.container(container_id).kill(signal="SIGKILL")
+
     async def oom_kills(self, container_id: str, user: str) -> int:
-        """How many OOM kills the container's memory cgroup has seen (v1 and v2)."""
+        """How many OOM kills the container's memory cgroup has seen (v2, then v1 with its
+        `oom_kill` line in memory.oom_control). `cat` runs without a shell: no fork needed."""
         out = await self._quick(
             container_id,
-            [
-                "/bin/sh",
-                "-c",
-                "cat /sys/fs/cgroup/memory.events "
-                "/sys/fs/cgroup/memory/memory.oom_control 2>/dev/null",
-            ],
+            ["cat", "/sys/fs/cgroup/memory.events", "/sys/fs/cgroup/memory/memory.oom_control"],
             user,
         )
         match = _OOM.search(out)
         return int(match.group(1)) if match else 0
 
     async def _quick(self, container_id: str, argv: list[str], user: str) -> bytes:
-        with _docker_errors("running helper exec"):
-            container = self.docker.containers.container(container_id)
-            handle = await container.exec(argv, user=user)
-            chunks = []
-            async with handle.start(detach=False) as stream:
-                while (msg := await stream.read_out()) is not None:
-                    chunks.append(msg.data)
-            return b"".join(chunks)
+        try:
+            async with asyncio.timeout(HELPER_SECONDS):
+                with _docker_errors("running helper exec"):
+                    container = self.docker.containers.container(container_id)
+                    handle = await container.exec(argv, user=user)
+                    chunks = []
+                    async with handle.start(detach=False) as stream:
+                        while (msg := await stream.read_out()) is not None:
+                            chunks.append(msg.data)
+                    return b"".join(chunks)
+        except TimeoutError:
+            raise RunnerError(f"helper exec {argv[0]} did not end in {HELPER_SECONDS}s") from None
 
 
 async def _merged(stream: Any) -> AsyncIterator[tuple[int, bytes]]:

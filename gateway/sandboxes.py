@@ -4,22 +4,21 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
 import logging
 import secrets
 import signal
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 from . import events as ev
 from .config import Settings
-from .deps import Installer, InstallResult
+from .deps import Installer, InstallResult, missing_modules
 from .errors import Conflict, DockerUnavailable, Invalid, NotFound, OverLimit, PetriError
 from .events import Event
 from .executions import ExecutionLog, replay
 from .models import CreateSandbox, ExecBody, Execution, Limits, Sandbox, now
-from .registry import Registry
+from .registry import Registry, instance_id
 from .runner import STDOUT, ContainerSpec, Process, Runner
 from .runtimes import Runtime
 from .workspace import Workspace, Workspaces, clean_path
@@ -27,6 +26,7 @@ from .workspace import Workspace, Workspaces, clean_path
 log = logging.getLogger("petri.sandboxes")
 CODE_DIR = ".petri/code"
 KILL_GRACE_SECONDS = 2.0
+STDERR_TAIL_BYTES = 8192
 
 
 @dataclass(slots=True)
@@ -41,6 +41,11 @@ class Run:
     interrupted: bool = False
     install: InstallResult | None = None
     stopped: asyncio.Event = field(default_factory=asyncio.Event)
+    # set just before the program starts: the container it runs in
+    container_id: str = ""
+    idle_timeout: float | None = None
+    idle: bool = False  # ended by the idle-output timeout
+    stderr_tail: bytearray = field(default_factory=bytearray)  # for the missing-module hint
 
 
 class Sandboxes:
@@ -59,11 +64,12 @@ class Sandboxes:
         self.workspaces = workspaces
         self.runtimes = runtimes
         self.installer = installer or Installer()
-        self.instance = hashlib.sha256(str(settings.data_dir.resolve()).encode()).hexdigest()[:10]
+        self.instance = instance_id(settings.data_dir)
         self.labels = {"petri.managed": "1", "petri.instance": self.instance}
         self._runs: dict[str, Run] = {}
         self._locks: dict[str, asyncio.Lock] = {}
         self._oom_seen: dict[str, int] = {}
+        self._settling: dict[str, asyncio.Task[None]] = {}
         self._starts = asyncio.Semaphore(settings.max_concurrent_starts)
         self._closing = False
 
@@ -71,7 +77,8 @@ class Sandboxes:
 
     async def recover(self) -> None:
         """After a (crash) restart: interrupt what was running, sweep unknown containers."""
-        for execution in self.registry.running_executions():
+        interrupted = self.registry.running_executions()
+        for execution in interrupted:
             execution.status, execution.error_code = "interrupted", "interrupted"
             execution.ended_at = now()
             self.registry.put_execution(execution)
@@ -90,6 +97,13 @@ class Sandboxes:
         for sandbox in self.registry.list_sandboxes():
             with contextlib.suppress(OSError):
                 await self.workspaces.remount(sandbox.id)
+        # Their processes outlived the gateway in the sandbox containers: end them.
+        for execution in interrupted:
+            owner = self.registry.get_sandbox(execution.sandbox_id)
+            if owner is not None and owner.container_id:
+                with contextlib.suppress(PetriError):
+                    user = self.settings.sandbox_user
+                    await self.runner.kill_group(owner.container_id, execution.id, user)
 
     async def sweep_orphans(self) -> list[str]:
         known = {s.id for s in self.registry.list_sandboxes()}
@@ -117,6 +131,8 @@ class Sandboxes:
             if run.task is not None:
                 with contextlib.suppress(TimeoutError, asyncio.CancelledError):
                     await asyncio.wait_for(asyncio.shield(run.task), 5)
+        if self._settling:
+            await asyncio.wait(list(self._settling.values()), timeout=5)
 
     # --- sandboxes ---------------------------------------------------------------------------
 
@@ -172,17 +188,26 @@ class Sandboxes:
     def workspace(self, sandbox_id: str) -> Workspace:
         return self.workspaces.get(self.get(sandbox_id).id)
 
-    async def delete(self, sandbox_id: str) -> None:
+    async def delete(self, sandbox_id: str, *, if_expired: bool = False) -> bool:
+        """Remove a sandbox; with `if_expired`, only if it is still idle past its TTL when
+        its turn comes (a request or an exec may have renewed it meanwhile)."""
         sandbox = self.get(sandbox_id, touch=False)
         async with self._lock(sandbox.id):
+            if if_expired:
+                fresh = self.registry.get_sandbox(sandbox.id)
+                busy = any(r.execution.sandbox_id == sandbox.id for r in self._runs.values())
+                if fresh is None or busy or fresh.expires_at > now():
+                    return False
             for run in [r for r in self._runs.values() if r.execution.sandbox_id == sandbox.id]:
                 run.interrupted = True
                 await self._stop(run)
             await self.runner.remove_container(self._container_name(sandbox.id))
+            await self.installer.discard(sandbox)  # a running install ends with the sandbox
             await self.workspaces.remove(sandbox.id)
             self.registry.delete_sandbox(sandbox.id)
         self._locks.pop(sandbox.id, None)
         self._oom_seen.pop(sandbox.id, None)
+        return True
 
     async def reap_expired(self) -> list[str]:
         """Remove sandboxes idle past their TTL. A running execution counts as activity."""
@@ -194,8 +219,8 @@ class Sandboxes:
                 self.registry.touch_sandbox(sandbox.id, at)
             elif sandbox.expires_at <= at:
                 with contextlib.suppress(NotFound):
-                    await self.delete(sandbox.id)
-                reaped.append(sandbox.id)
+                    if await self.delete(sandbox.id, if_expired=True):
+                        reaped.append(sandbox.id)
         return reaped
 
     def _container_name(self, sandbox_id: str) -> str:
@@ -262,9 +287,10 @@ class Sandboxes:
         execution_id = f"ex-{secrets.token_hex(8)}"
         argv = self._argv(sandbox, runtime, body, execution_id)
         timeout = body.timeout_seconds or self.settings.exec_timeout_seconds
-        if timeout > self.settings.max_exec_timeout_seconds:
+        if max(timeout, body.idle_timeout_seconds or 0) > self.settings.max_exec_timeout_seconds:
             raise Invalid(
-                f"timeout_seconds may be at most {self.settings.max_exec_timeout_seconds}",
+                "timeout_seconds and idle_timeout_seconds may be at most "
+                f"{self.settings.max_exec_timeout_seconds}",
                 code="limit_too_high",
             )
         execution = Execution(
@@ -278,7 +304,7 @@ class Sandboxes:
             tail_bytes=self.settings.output_tail_bytes,
             persist=self.settings.persist_events,
         )
-        run = Run(execution, run_log)
+        run = Run(execution, run_log, idle_timeout=body.idle_timeout_seconds)
         self._runs[execution_id] = run
         run_log.emit(ev.START, {"execution_id": execution_id, "sandbox_id": sandbox.id})
         run.task = asyncio.create_task(self._drive(run, sandbox, runtime, body, timeout))
@@ -315,8 +341,11 @@ class Sandboxes:
                     },
                 )
                 return
-            if run.killed or run.interrupted:
+            if run.interrupted:
                 raise asyncio.CancelledError
+            if run.killed:  # killed before it started: as if SIGKILLed at once
+                self._end(run, "killed", ev.EXIT, _killed_at_once(), exit_code=137)
+                return
             env = {
                 **runtime.env,
                 **self.installer.exec_env(sandbox, runtime),
@@ -324,6 +353,8 @@ class Sandboxes:
                 **(body.env or {}),
             }
             stdin = body.stdin.encode() if body.stdin is not None else None
+            await self._settled(sandbox.id)
+            run.container_id = container_id
             proc = await self.runner.exec(
                 container_id,
                 execution.id,
@@ -360,7 +391,12 @@ class Sandboxes:
                 "timed_out": timed_out,
                 "truncated": out.budget.truncated,
                 "oom_killed": oom,
+                "idle": run.idle,
             }
+            if exit_code != 0:
+                tail = run.stderr_tail.decode("utf-8", "replace")
+                if missing := missing_modules(runtime, tail):
+                    data["missing_modules"] = missing
             if exit_code > 128 or run.killed or timed_out:
                 with contextlib.suppress(ValueError):
                     data["signal"] = signal.Signals(exit_code - 128).name
@@ -382,26 +418,45 @@ class Sandboxes:
                 with contextlib.suppress(PetriError):
                     self.workspaces.get(sandbox.id).delete(f"{CODE_DIR}/{execution.id}")
             self._runs.pop(execution.id, None)
+            if run.container_id:
+                self._after(sandbox.id, run)
             run.stopped.set()
             with contextlib.suppress(PetriError):
                 self.registry.touch_sandbox(sandbox.id, now())
 
     async def _pump(self, run: Run, proc: Process, seconds: float) -> bool:
-        """Stream output into the log until EOF; on timeout kill the group. True if timed out."""
+        """Stream output into the log until EOF; on the wall-clock timeout, or when no output
+        came for `run.idle_timeout` seconds, kill the group. True if it timed out."""
         out = run.log
+        loop = asyncio.get_running_loop()
+        deadline = last_output = loop.time()
+        deadline += seconds
 
         async def drain() -> None:
+            nonlocal last_output
             async for kind, data in proc.output():
+                last_output = loop.time()
                 out.output(ev.STDOUT if kind == STDOUT else ev.STDERR, data)
+                if kind != STDOUT:
+                    run.stderr_tail += data
+                    del run.stderr_tail[:-STDERR_TAIL_BYTES]
 
         reader = asyncio.create_task(drain())
         run.reader = reader
         try:
-            await asyncio.wait_for(asyncio.shield(reader), seconds)
-            return False
-        except TimeoutError:
+            while True:
+                wait = deadline - loop.time()
+                if run.idle_timeout is not None:
+                    wait = min(wait, last_output + run.idle_timeout - loop.time())
+                if wait <= 0:
+                    break
+                done, _ = await asyncio.wait({reader}, timeout=wait)
+                if done:
+                    reader.result()  # a failed read ends the run as an error
+                    return False
             if run.killed or run.interrupted:
                 return False
+            run.idle = loop.time() < deadline
             await self._stop(run)
             return True
         finally:
@@ -414,27 +469,76 @@ class Sandboxes:
                 await reader
 
     async def _stop(self, run: Run) -> None:
-        """SIGKILL an execution's process group; then everything of the sandbox user if the
-        output still does not end (a process escaped its group)."""
+        """SIGKILL an execution's process group; if its output still does not end (a process
+        left the group), every process of the sandbox user; if even that does not end it (no
+        helper could start), the container itself: the next exec gets a new one."""
         sandbox = self.registry.get_sandbox(run.execution.sandbox_id)
-        if sandbox is None or not sandbox.container_id:
+        container_id = run.container_id or (sandbox.container_id if sandbox else "")
+        if not container_id:
             return
-        user = self.settings.sandbox_user
-        with contextlib.suppress(PetriError):
-            await self.runner.kill_group(sandbox.container_id, run.execution.id, user)
+        user, eid = self.settings.sandbox_user, run.execution.id
+        steps: tuple[Callable[[], Awaitable[None]], ...] = (
+            lambda: self.runner.kill_group(container_id, eid, user),
+            lambda: self.runner.kill_all(container_id, user),
+            lambda: self.runner.kill_container(container_id),
+        )
+        for step in steps:
+            with contextlib.suppress(PetriError):
+                await step()
             reader = run.reader
-            if reader is not None:
-                with contextlib.suppress(TimeoutError, asyncio.CancelledError):
-                    await asyncio.wait_for(asyncio.shield(reader), KILL_GRACE_SECONDS)
-                if not reader.done():
-                    await self.runner.kill_all(sandbox.container_id, user)
+            if reader is None:
+                return
+            await asyncio.wait({reader}, timeout=KILL_GRACE_SECONDS)
+            if reader.done():
+                return
+            log.warning("execution %s still has output after a kill; escalating", eid)
+
+    async def _settled(self, sandbox_id: str) -> None:
+        """Wait until the clean-up after the sandbox's previous exec is done (`_after`)."""
+        task = self._settling.get(sandbox_id)
+        if task is not None:
+            await asyncio.wait({task})
+
+    def _after(self, sandbox_id: str, run: Run) -> None:
+        """Once an exec ended, kill what it left behind (its group; with no other exec running
+        in the sandbox, every process of the sandbox user), so a fork bomb or a stray daemon
+        cannot hold the sandbox's pids, memory or CPU. Runs after the terminal event; the
+        sandbox's next exec waits for it."""
+        previous = self._settling.get(sandbox_id)
+
+        async def settle() -> None:
+            if previous is not None:
+                await asyncio.wait({previous})
+            running = self._runs.values()
+            busy = any(r.container_id and r.execution.sandbox_id == sandbox_id for r in running)
+            try:
+                await self.runner.settle(
+                    run.container_id,
+                    run.execution.id,
+                    self.settings.sandbox_user,
+                    everything=not busy,
+                )
+            except PetriError as exc:
+                log.info("clean-up after %s: %s", run.execution.id, exc.message)
+
+        task = asyncio.create_task(settle())
+        self._settling[sandbox_id] = task
+
+        def forget(done: asyncio.Task[None]) -> None:
+            if self._settling.get(sandbox_id) is done:
+                del self._settling[sandbox_id]
+
+        task.add_done_callback(forget)
 
     async def _oom_killed(
         self, sandbox_id: str, container_id: str, code: int, run: Run, timed_out: bool
     ) -> bool:
         if code != 137 or run.killed or timed_out or run.interrupted:
             return False
-        count = await self.runner.oom_kills(container_id, self.settings.sandbox_user)
+        try:
+            count = await self.runner.oom_kills(container_id, self.settings.sandbox_user)
+        except PetriError:  # the container died with the program (e.g. the host killed it)
+            return False
         seen = self._oom_seen.get(sandbox_id, 0)
         self._oom_seen[sandbox_id] = count
         return count > seen
@@ -474,6 +578,10 @@ class Sandboxes:
         if execution is None:
             raise NotFound(f"no execution {execution_id[:64]!r}", code="execution_not_found")
         return execution
+
+    def packages(self, sandbox_id: str) -> dict[str, Any]:
+        """The bill of materials of the sandbox's installed dependencies."""
+        return self.installer.packages(self.get(sandbox_id))
 
     def executions(self, sandbox_id: str, limit: int = 100) -> list[Execution]:
         sandbox = self.get(sandbox_id)
@@ -533,6 +641,17 @@ class Sandboxes:
         elif terminal is not None:
             result.update({k: v for k, v in terminal.data.items() if k not in result})
         return result
+
+
+def _killed_at_once() -> dict[str, Any]:
+    return {
+        "exit_code": 137,
+        "timed_out": False,
+        "truncated": False,
+        "oom_killed": False,
+        "idle": False,
+        "signal": "SIGKILL",
+    }
 
 
 def _limits(s: Settings, body: CreateSandbox) -> Limits:

@@ -16,6 +16,7 @@ import os
 import shutil
 import stat
 import zipfile
+import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,6 +29,8 @@ log = logging.getLogger("petri.workspace")
 MAX_PATH = 1024
 MAX_COMPONENT = 255
 LIST_LIMIT = 20000
+LIST_VISITS = 200000
+LIST_DEPTH = 64
 _DIR = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 
 
@@ -85,9 +88,7 @@ class Workspace:
                 except FileNotFoundError:
                     if not create:
                         raise NotFound(f"no such directory: {'/'.join(parts)}") from None
-                    os.mkdir(part, 0o755, dir_fd=fd)
-                    nxt = os.open(part, _DIR, dir_fd=fd)
-                    os.fchown(nxt, self.uid, self.gid)
+                    nxt = self._mkdir_at(fd, part, parts)
                 except OSError as exc:
                     raise _path_error(exc, "/".join(parts)) from None
                 os.close(fd)
@@ -96,6 +97,21 @@ class Workspace:
         finally:
             os.close(fd)
 
+    def _mkdir_at(self, fd: int, part: str, parts: tuple[str, ...]) -> int:
+        """Create one directory (a full disk or a racing program is an error, not a crash)."""
+        try:
+            with contextlib.suppress(FileExistsError):
+                os.mkdir(part, 0o755, dir_fd=fd)
+            nxt = os.open(part, _DIR, dir_fd=fd)
+        except OSError as exc:
+            raise _path_error(exc, "/".join(parts)) from None
+        try:
+            os.fchown(nxt, self.uid, self.gid)
+        except OSError as exc:
+            os.close(nxt)
+            raise _path_error(exc, "/".join(parts)) from None
+        return nxt
+
     def write(self, path: str, source: BinaryIO | bytes, limit: int) -> int:
         """Write one file (replacing it); return its size. Refuses to follow symlinks."""
         parts = clean_path(path)
@@ -103,7 +119,10 @@ class Workspace:
         with self._dir(parts[:-1], create=True) as dfd:
             tmp = f".petri-tmp-{os.getpid()}-{id(data)}"
             flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
-            fd = os.open(tmp, flags, 0o644, dir_fd=dfd)
+            try:
+                fd = os.open(tmp, flags, 0o644, dir_fd=dfd)
+            except OSError as exc:  # e.g. no inodes left
+                raise _path_error(exc, path) from None
             written = 0
             try:
                 os.fchown(fd, self.uid, self.gid)
@@ -126,8 +145,10 @@ class Workspace:
     def read(self, path: str) -> tuple[BinaryIO, int]:
         parts = clean_path(path)
         with self._dir(parts[:-1]) as dfd:
+            # O_NONBLOCK: a FIFO the program planted must not block the gateway on open.
+            flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK
             try:
-                fd = os.open(parts[-1], os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dfd)
+                fd = os.open(parts[-1], flags, dir_fd=dfd)
             except OSError as exc:
                 raise _path_error(exc, path) from None
         st = os.fstat(fd)
@@ -142,8 +163,6 @@ class Workspace:
             try:
                 st = os.stat(parts[-1], dir_fd=dfd, follow_symlinks=False)
                 if stat.S_ISDIR(st.st_mode):
-                    with self._dir(parts) as _:
-                        pass
                     _rmtree_at(dfd, parts[-1])
                 else:
                     os.unlink(parts[-1], dir_fd=dfd)
@@ -151,24 +170,14 @@ class Workspace:
                 raise _path_error(exc, path) from None
 
     def listing(self) -> list[FileInfo]:
+        """Regular files, walked by directory fd without following symlinks (the program may
+        swap a directory for a symlink to a host path at any moment). Bounded: at most
+        `LIST_LIMIT` files, `LIST_VISITS` entries and `LIST_DEPTH` levels. A name that is not
+        valid UTF-8 is listed with U+FFFD for its bad bytes."""
         found: list[FileInfo] = []
-        stack = [""]
-        while stack and len(found) < LIST_LIMIT:
-            rel = stack.pop()
-            base = self.root / rel
-            try:
-                entries = list(os.scandir(base))
-            except OSError:
-                continue
-            for entry in sorted(entries, key=lambda e: e.name):
-                path = f"{rel}/{entry.name}" if rel else entry.name
-                if entry.name == "lost+found" and not rel:
-                    continue
-                st = entry.stat(follow_symlinks=False)
-                if stat.S_ISDIR(st.st_mode):
-                    stack.append(path)
-                elif stat.S_ISREG(st.st_mode):
-                    found.append(FileInfo(path, st.st_size, st.st_mtime))
+        visits = [LIST_VISITS]
+        with self._dir(()) as root:
+            _walk(root, "", 0, found, visits)
         return sorted(found, key=lambda f: f.path)
 
     def extract_zip(self, source: BinaryIO, *, max_members: int, max_bytes: int) -> list[str]:
@@ -207,10 +216,50 @@ class Workspace:
                     with self._dir(clean_path(m.filename), create=True):
                         pass
                     continue
-                with archive.open(m) as src:
-                    self.write(m.filename, src, m.file_size)  # type: ignore[arg-type]
+                try:
+                    with archive.open(m) as src:
+                        self.write(m.filename, src, m.file_size)  # type: ignore[arg-type]
+                except (zipfile.BadZipFile, zlib.error, EOFError, NotImplementedError) as exc:
+                    raise BadRequest(
+                        f"zip member {m.filename[:80]!r} cannot be read: {exc}", code="invalid_zip"
+                    ) from None
+                except RuntimeError as exc:  # encrypted: zipfile wants a password
+                    raise BadRequest(
+                        f"zip member {m.filename[:80]!r}: {exc}", code="invalid_zip"
+                    ) from None
                 written.append("/".join(clean_path(m.filename)))
             return written
+
+
+def _walk(dfd: int, rel: str, depth: int, found: list[FileInfo], visits: list[int]) -> None:
+    try:
+        with os.scandir(dfd) as it:
+            entries = sorted(it, key=lambda e: e.name)
+    except OSError:
+        return
+    for entry in entries:
+        if len(found) >= LIST_LIMIT or visits[0] <= 0:
+            return
+        visits[0] -= 1
+        if entry.name == "lost+found" and not rel:
+            continue
+        name = entry.name.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+        path = f"{rel}/{name}" if rel else name
+        try:
+            st = entry.stat(follow_symlinks=False)
+        except OSError:
+            continue
+        if stat.S_ISREG(st.st_mode):
+            found.append(FileInfo(path, st.st_size, st.st_mtime))
+        elif stat.S_ISDIR(st.st_mode) and depth < LIST_DEPTH:
+            try:
+                fd = os.open(entry.name, _DIR, dir_fd=dfd)
+            except OSError:
+                continue  # gone, or swapped for a symlink since the scan
+            try:
+                _walk(fd, path, depth + 1, found, visits)
+            finally:
+                os.close(fd)
 
 
 def _refuse_dir(dfd: int, name: str) -> None:

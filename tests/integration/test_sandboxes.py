@@ -52,7 +52,7 @@ def test_create_starts_one_hardened_container(client: httpx.Client, gateway: Gat
         assert "no-new-privileges" in host["SecurityOpt"]
         assert host["Memory"] == 256 * 1024 * 1024 and host["MemorySwap"] == host["Memory"]
         assert host["PidsLimit"] == 64 and host["NanoCpus"] > 0
-        assert {u["Name"] for u in host["Ulimits"]} == {"nofile", "fsize"}
+        assert {u["Name"] for u in host["Ulimits"]} == {"nofile", "fsize", "core"}
         assert "/tmp" in host["Tmpfs"]
         mounts = [(m["Source"], m["Destination"]) for m in info["Mounts"]]
         assert mounts == [(str(gateway.workspace_root / sb["id"]), "/sandbox")]

@@ -31,8 +31,9 @@ import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from gateway import deps
+from gateway import installer as installer_mod
 from gateway.config import DEFAULT_EGRESS_ALLOW, Settings
-from gateway.deps import ContainerInstaller
+from gateway.installer import ContainerInstaller
 from gateway.models import Limits, Sandbox
 from gateway.registry import Registry
 from gateway.runner import Runner
@@ -122,8 +123,8 @@ async def check_cost(rounds: int = 1000) -> None:
     choice = deps.choose(runtime.install, hit)
     assert choice is not None
     record = {"plan": choice.plan.name, "key": choice.key, "found": [], "packages": []}
-    registry.put_value("sb-hit", deps.RECORD, record)
-    hit.write(deps.STAMP_FILE, choice.key.encode(), 99)
+    registry.put_value("sb-hit", installer_mod.RECORD, record)
+    hit.write(installer_mod.STAMP_FILE, choice.key.encode(), 99)
     print("gateway-side install check before each exec (in process)")
     for name, status in (("hit", "cached"), ("bare", "skipped")):
         box = Sandbox(f"sb-{name}", "python", "running", 0, 0, 60, Limits(512, 1.0, 64, 0))

@@ -10,47 +10,26 @@ streamed as `install` events, never as program output.
 
 from __future__ import annotations
 
-import asyncio
-import codecs
-import contextlib
 import hashlib
-import importlib.util
 import json
 import logging
 import os
 import re
 import stat
 import sys
-import time
-import weakref
-from collections import deque
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
-from .config import Settings
-from .egress import EgressProxy
 from .errors import PetriError
-from .models import Sandbox, iso, now
-from .registry import Registry
-from .runner import STDERR, ContainerSpec, Runner
+from .models import Sandbox
 from .runtimes import InstallPlan, InstallSpec, Runtime
-from .workspace import Workspace, Workspaces
+from .workspace import Workspace
 
 log = logging.getLogger("petri.deps")
 
 STATE_DIR = ".deps/.petri"
-TOOLS_DIR = f"{STATE_DIR}/tools"
-PACKAGES_FILE = f"{STATE_DIR}/packages.txt"
-STAMP_FILE = f"{STATE_DIR}/stamp"
-CA_PATH = "/etc/petri/ca-bundle.crt"
-RECORD = "deps"  # registry key (scope: sandbox id) of the last successful install
-INSTALL = "install"
-EMIT_CHARS = 1024 * 1024  # install output streamed per install; past it, only its tail
-TAIL_CHARS = 64 * 1024
-BOM_MAX_BYTES = 16 * 1024 * 1024
-TOOL_MAX_BYTES = 4 * 1024 * 1024
 # Folders no detector looks into (the same list as runtimes/python/petri_deps.py).
 SCAN_SKIP = frozenset(
     {".deps", "node_modules", ".git", ".hg", ".svn", ".tox", "__pycache__", "env", "venv"}
@@ -58,20 +37,10 @@ SCAN_SKIP = frozenset(
 )
 SCAN_MAX_FILES = 5000
 SCAN_MAX_BYTES = 1024 * 1024
-SCRIPT = """set -e
-mkdir -p /sandbox/{state}
-cd /sandbox
-{run}
-{bom}
-"""
 
 
 class InstallSink(Protocol):
     def emit(self, type_: str, data: dict[str, Any]) -> Any: ...
-
-
-class EgressUnavailable(PetriError):
-    status, code = 503, "egress_unavailable"
 
 
 @dataclass(slots=True)
@@ -270,9 +239,6 @@ def missing_modules(runtime: Runtime, stderr: str) -> list[str]:
     return list(dict.fromkeys(m for m in re.findall(pattern, stderr) if m))[:20]
 
 
-# --- installers -------------------------------------------------------------------------------
-
-
 class Installer:
     """Prepares a sandbox's dependencies before an exec. This base installs nothing."""
 
@@ -295,308 +261,3 @@ class Installer:
 
     async def discard(self, sandbox: Sandbox) -> None:
         """The sandbox is being deleted: stop an install that is running for it."""
-
-
-class ContainerInstaller(Installer):
-    """Runs install plans in short-lived containers on an internal network whose only way
-    out is the allowlisting egress proxy. One install at a time per sandbox."""
-
-    def __init__(
-        self,
-        settings: Settings,
-        registry: Registry,
-        runner: Runner,
-        workspaces: Workspaces,
-        labels: dict[str, str] | None = None,
-    ) -> None:
-        self.settings = settings
-        self.registry = registry
-        self.runner = runner
-        self.workspaces = workspaces
-        self.labels = labels or {"petri.managed": "1"}
-        self.proxy = EgressProxy(settings.egress_hosts)
-        self._egress_lock = asyncio.Lock()
-        self._locks: weakref.WeakValueDictionary[str, asyncio.Lock] = weakref.WeakValueDictionary()
-        self._slots = asyncio.Semaphore(settings.max_concurrent_starts)
-
-    async def start(self) -> None:
-        try:
-            await self._egress()
-        except PetriError as exc:
-            log.warning("egress proxy not started (%s); will retry at the first install", exc)
-
-    async def close(self) -> None:
-        await self.proxy.close()
-
-    def exec_env(self, sandbox: Sandbox, runtime: Runtime) -> dict[str, str]:
-        return dict(runtime.install.env) if runtime.install else {}
-
-    def packages(self, sandbox: Sandbox) -> dict[str, Any]:
-        record = self.registry.get_value(sandbox.id, RECORD) or {}
-        return {
-            "packages": record.get("packages", []),
-            "manifest_hash": record.get("key"),
-            "plan": record.get("plan"),
-            "installed_at": iso(record.get("installed_at")),
-        }
-
-    async def discard(self, sandbox: Sandbox) -> None:
-        await self.runner.remove_container(self._name(sandbox))
-
-    def _name(self, sandbox: Sandbox) -> str:
-        return f"petri-{self.labels.get('petri.instance', 'gw')}-{sandbox.id}-install"
-
-    async def prepare(self, sandbox: Sandbox, runtime: Runtime, sink: InstallSink) -> InstallResult:
-        spec = runtime.install
-        if spec is None or not spec.plans:
-            return InstallResult("skipped")
-        lock = self._locks.get(sandbox.id)
-        if lock is None:
-            lock = self._locks[sandbox.id] = asyncio.Lock()
-        if lock.locked():
-            _say(sink, "petri: waiting for another install in this sandbox to finish\n")
-        async with lock:
-            workspace = self.workspaces.get(sandbox.id)
-            record = self.registry.get_value(sandbox.id, RECORD)
-            choice, hit = await asyncio.to_thread(_inspect, spec, workspace, record)
-            if choice is None:
-                return InstallResult("skipped")
-            if choice.plan.skip:
-                text = f"petri: {choice.plan.skip}\n"
-                _say(sink, text)
-                return InstallResult("skipped", log=text)
-            if hit:
-                return InstallResult("cached", list(record["packages"]))
-            return await self._install(sandbox, runtime, spec, choice, sink)
-
-    async def _install(
-        self,
-        sandbox: Sandbox,
-        runtime: Runtime,
-        spec: InstallSpec,
-        choice: Choice,
-        sink: InstallSink,
-    ) -> InstallResult:
-        workspace = self.workspaces.get(sandbox.id)
-        await asyncio.to_thread(_stage, workspace, runtime, spec)
-        url = await self._egress()
-        out = InstallLog(sink)
-        out.say(f"petri: installing dependencies ({choice.plan.name})\n")
-        started = time.monotonic()
-        async with self._slots:
-            code = await self._run(self._container(sandbox, runtime, spec, choice, url), out)
-        took = time.monotonic() - started
-        if code != 0:
-            why = "timed out" if code is None else f"exited with {code}"
-            out.finish(f"petri: dependency install failed: {why} after {took:.1f}s\n")
-            return InstallResult("failed", log=out.tail())
-        packages = await asyncio.to_thread(_read_packages, workspace, spec, runtime.name)
-        # Key what the workspace holds now: an install may write a lock file (npm) or a
-        # go.mod (go mod init), which selects another plan next time; that must be a hit.
-        after = await asyncio.to_thread(choose, spec, workspace)
-        final = after if after is not None and not after.plan.skip else choice
-        found = sorted({*choice.found, *final.found}) if final.plan.detect else []
-        record = {
-            "plan": final.plan.name,
-            "key": final.key,
-            "found": found,
-            "packages": packages,
-            "installed_at": now(),
-        }
-        self.registry.put_value(sandbox.id, RECORD, record)
-        await asyncio.to_thread(workspace.write, STAMP_FILE, final.key.encode(), 1024)
-        out.finish(f"petri: {len(packages)} package(s) installed in {took:.1f}s\n")
-        return InstallResult("installed", packages, out.tail())
-
-    def _container(
-        self, sandbox: Sandbox, runtime: Runtime, spec: InstallSpec, choice: Choice, url: str
-    ) -> ContainerSpec:
-        s = self.settings
-        env = {**runtime.env, **spec.env, **sandbox.env}
-        env.update(
-            PETRI_PACKAGES=f"/sandbox/{PACKAGES_FILE}",
-            PETRI_TOOLS=f"/sandbox/{TOOLS_DIR}",
-            PETRI_DETECTED=" ".join(choice.found),
-            PETRI_PROXY_HOST=self.proxy.host,
-            PETRI_PROXY_PORT=str(self.proxy.port),
-            NO_PROXY="",
-            no_proxy="",
-        )
-        for name in ("HTTP_PROXY", "HTTPS_PROXY", "npm_config_proxy", "npm_config_https_proxy"):
-            env[name] = env[name.lower()] = url
-        binds = [f"{self.workspaces.get(sandbox.id).root}:/sandbox:rw"]
-        if s.ca_bundle:
-            binds.append(f"{s.ca_bundle}:{CA_PATH}:ro")
-            for name in ("PIP_CERT", "SSL_CERT_FILE", "REQUESTS_CA_BUNDLE", "NODE_EXTRA_CA_CERTS"):
-                env[name] = CA_PATH
-            env.update(npm_config_cafile=CA_PATH, GIT_SSL_CAINFO=CA_PATH)
-        bom = f"( {spec.bom} ) || echo 'petri: could not list the packages' >&2" if spec.bom else ""
-        return ContainerSpec(
-            name=self._name(sandbox),
-            image=runtime.image,
-            labels={**self.labels, "petri.sandbox": sandbox.id, "petri.role": "install"},
-            binds=binds,
-            env=env,
-            user=s.sandbox_user,
-            memory_mb=sandbox.limits.memory_mb,
-            cpus=sandbox.limits.cpus,
-            pids=sandbox.limits.pids,
-            nofile=s.nofile,
-            fsize_mb=s.fsize_mb,
-            tmpfs_mb=s.tmpfs_mb,
-            network=s.egress_network,
-            runtime=s.docker_runtime,
-            command=["/bin/sh", "-c", SCRIPT.format(state=STATE_DIR, run=choice.plan.run, bom=bom)],
-        )
-
-    async def _run(self, spec: ContainerSpec, out: InstallLog) -> int | None:
-        """Run the install container, streaming its output; its exit code, None on timeout."""
-        timeout = self.settings.install_timeout_seconds
-        await self.runner.remove_container(spec.name)  # a leftover of a crashed gateway
-        proc = self.runner.run_container(spec, timeout)
-
-        async def drain() -> None:
-            async for kind, chunk in proc.output():
-                out.feed(kind, chunk)
-
-        reader = asyncio.create_task(drain())
-        try:
-            done, _ = await asyncio.wait({reader}, timeout=timeout)
-            if not done:
-                await self.runner.remove_container(spec.name)  # ends the stream
-                await asyncio.wait({reader}, timeout=10)
-                return None
-            reader.result()  # e.g. the image is missing: a gateway error, not a failed install
-            return await proc.exit_code()
-        finally:
-            if not reader.done():
-                reader.cancel()
-            with contextlib.suppress(asyncio.CancelledError, PetriError):
-                await reader
-            await self.runner.remove_container(spec.name)
-
-    async def _egress(self) -> str:
-        """The proxy's URL. The network is checked before every install (a `docker network
-        prune` may have removed it), and the proxy moved if its address changed."""
-        async with self._egress_lock:
-            s = self.settings
-            # Shared by every gateway on the host (each has its own proxy port).
-            labels = {"petri.managed": "1"}
-            ip = await self.runner.ensure_network(s.egress_network, labels=labels)
-            if self.proxy.running and self.proxy.host != ip:
-                log.warning(
-                    "install network %s moved to %s; moving the proxy", s.egress_network, ip
-                )
-                await self.proxy.close()
-            if not self.proxy.running:
-                try:
-                    await self.proxy.start(ip, s.egress_port)
-                except OSError as exc:
-                    raise EgressUnavailable(
-                        f"cannot listen on {ip}:{s.egress_port} (network {s.egress_network}): "
-                        f"{exc.strerror or exc}"
-                    ) from None
-            return self.proxy.url
-
-
-class InstallLog:
-    """Install output as `install` events: decoded incrementally per stream, at most
-    `EMIT_CHARS` streamed, then only a tail, sent at the end."""
-
-    def __init__(self, sink: InstallSink) -> None:
-        self.sink = sink
-        self.sent = 0
-        self.cut = False
-        self._tail: deque[str] = deque()
-        self._tail_chars = 0
-        self._decoders = {
-            kind: codecs.getincrementaldecoder("utf-8")("replace") for kind in (1, STDERR)
-        }
-
-    def feed(self, kind: int, chunk: bytes) -> None:
-        self.say(self._decoders[kind if kind in self._decoders else 1].decode(chunk))
-
-    def say(self, text: str) -> None:
-        if not text:
-            return
-        self._tail.append(text)
-        self._tail_chars += len(text)
-        while self._tail_chars - len(self._tail[0]) >= TAIL_CHARS:
-            self._tail_chars -= len(self._tail.popleft())
-        if self.sent < EMIT_CHARS:
-            self.sent += len(text)
-            _say(self.sink, text)
-        else:
-            self.cut = True
-
-    def finish(self, last: str = "") -> None:
-        """End of output: what the decoders hold, the kept end if output was cut, `last`."""
-        for decoder in self._decoders.values():
-            self.say(decoder.decode(b"", final=True))
-        self.sent = 0  # `last` is always sent
-        if self.cut:
-            self.cut = False
-            _say(self.sink, "\npetri: [install output cut; its end follows]\n" + self.tail())
-        self.say(last)
-
-    def tail(self) -> str:
-        return "".join(self._tail)[-TAIL_CHARS:]
-
-
-def _say(sink: InstallSink, text: str) -> None:
-    with contextlib.suppress(RuntimeError):  # the execution already ended
-        sink.emit(INSTALL, {"text": text})
-
-
-def _inspect(spec: InstallSpec, workspace: Workspace, record: Any) -> tuple[Choice | None, bool]:
-    """(the plan that applies, whether the last install still covers it). A hit also needs
-    the workspace's stamp: deleting `.deps` must not leave a "cached" that is not there."""
-    choice = choose(spec, workspace)
-    if choice is None or choice.plan.skip or not is_hit(record, choice):
-        return choice, False
-    try:
-        handle, _ = workspace.read(STAMP_FILE)
-    except PetriError:
-        return choice, False
-    with handle:
-        return choice, handle.read(256) == str(record.get("key", "")).encode()
-
-
-def _stage(workspace: Workspace, runtime: Runtime, spec: InstallSpec) -> None:
-    """Before an install: forget the old stamp and package list; put the plan's tools (the
-    runtime's helper files, and Python packages of the gateway's own environment such as
-    pipreqs) where the install container finds them ($PETRI_TOOLS)."""
-    for rel in (STAMP_FILE, PACKAGES_FILE):
-        with contextlib.suppress(PetriError):
-            workspace.delete(rel)
-    for name, data in _tools(runtime.folder, spec.tools, spec.tool_packages):
-        workspace.write(f"{TOOLS_DIR}/{name}", data, TOOL_MAX_BYTES)
-
-
-def _tools(
-    folder: Path, files: tuple[str, ...], packages: tuple[str, ...]
-) -> list[tuple[str, bytes]]:
-    found = [(Path(rel).name, (folder / rel).read_bytes()) for rel in files]
-    for package in packages:
-        spec = importlib.util.find_spec(package)
-        locations = list(spec.submodule_search_locations or []) if spec else []
-        if not locations:
-            log.warning("install tool package %s is not installed on the gateway", package)
-            continue
-        base = Path(locations[0])
-        for path in sorted(base.rglob("*")):
-            if path.is_file() and "__pycache__" not in path.parts:
-                found.append((f"{package}/{path.relative_to(base).as_posix()}", path.read_bytes()))
-    return found
-
-
-def _read_packages(workspace: Workspace, spec: InstallSpec, language: str) -> list[dict[str, str]]:
-    if not spec.bom_format:
-        return []
-    try:
-        handle, _ = workspace.read(PACKAGES_FILE)
-    except PetriError:
-        return []
-    with handle:
-        text = handle.read(BOM_MAX_BYTES).decode("utf-8", "replace")
-    return parse_packages(spec.bom_format, text, language)

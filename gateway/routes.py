@@ -29,7 +29,8 @@ from .config import Settings
 from .errors import BadRequest, PetriError, TooLarge, UnsupportedMediaType
 from .events import Event
 from .models import CreateSandbox, ExecBody, iso, parse
-from .sandboxes import Run, Sandboxes
+from .runs import Run
+from .sandboxes import Sandboxes
 from .service import open_gateway
 
 log = logging.getLogger("petri.routes")

@@ -6,46 +6,23 @@ import asyncio
 import contextlib
 import logging
 import secrets
-import signal
-from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass, field
+from collections.abc import AsyncIterator
 from typing import Any
 
 from . import events as ev
 from .config import Settings
-from .deps import Installer, InstallResult, missing_modules
+from .deps import Installer
 from .errors import Conflict, DockerUnavailable, Invalid, NotFound, OverLimit, PetriError
 from .events import Event
 from .executions import ExecutionLog, replay
 from .models import CreateSandbox, ExecBody, Execution, Limits, Sandbox, now
 from .registry import Registry, instance_id
-from .runner import STDOUT, ContainerSpec, Process, Runner
+from .runner import ContainerSpec, Runner
+from .runs import CODE_DIR, Run, Runs
 from .runtimes import Runtime
 from .workspace import Workspace, Workspaces, clean_path
 
 log = logging.getLogger("petri.sandboxes")
-CODE_DIR = ".petri/code"
-KILL_GRACE_SECONDS = 2.0
-STDERR_TAIL_BYTES = 8192
-
-
-@dataclass(slots=True)
-class Run:
-    """A live execution: its record, its event log and the task driving it."""
-
-    execution: Execution
-    log: ExecutionLog
-    task: asyncio.Task[None] | None = None
-    reader: asyncio.Task[None] | None = None
-    killed: bool = False
-    interrupted: bool = False
-    install: InstallResult | None = None
-    stopped: asyncio.Event = field(default_factory=asyncio.Event)
-    # set just before the program starts: the container it runs in
-    container_id: str = ""
-    idle_timeout: float | None = None
-    idle: bool = False  # ended by the idle-output timeout
-    stderr_tail: bytearray = field(default_factory=bytearray)  # for the missing-module hint
 
 
 class Sandboxes:
@@ -66,11 +43,11 @@ class Sandboxes:
         self.installer = installer or Installer()
         self.instance = instance_id(settings.data_dir)
         self.labels = {"petri.managed": "1", "petri.instance": self.instance}
-        self._runs: dict[str, Run] = {}
         self._locks: dict[str, asyncio.Lock] = {}
-        self._oom_seen: dict[str, int] = {}
-        self._settling: dict[str, asyncio.Task[None]] = {}
         self._starts = asyncio.Semaphore(settings.max_concurrent_starts)
+        self.runs = Runs(
+            settings, registry, runner, workspaces, self.installer, self._ensure_container
+        )
         self._closing = False
 
     # --- lifecycle of the gateway ------------------------------------------------------------
@@ -119,20 +96,19 @@ class Sandboxes:
     async def shutdown(self) -> None:
         """Let running execs finish within the grace period, then interrupt them."""
         self._closing = True
-        runs = list(self._runs.values())
+        runs = list(self.runs.live.values())
         if runs:
             done = asyncio.gather(*(r.stopped.wait() for r in runs))
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(done, self.settings.shutdown_grace_seconds)
-        for run in list(self._runs.values()):
+        for run in list(self.runs.live.values()):
             run.interrupted = True
-            await self._stop(run)
+            await self.runs.stop(run)
         for run in runs:
             if run.task is not None:
                 with contextlib.suppress(TimeoutError, asyncio.CancelledError):
                     await asyncio.wait_for(asyncio.shield(run.task), 5)
-        if self._settling:
-            await asyncio.wait(list(self._settling.values()), timeout=5)
+        await self.runs.settle_all(5)
 
     # --- sandboxes ---------------------------------------------------------------------------
 
@@ -195,23 +171,23 @@ class Sandboxes:
         async with self._lock(sandbox.id):
             if if_expired:
                 fresh = self.registry.get_sandbox(sandbox.id)
-                busy = any(r.execution.sandbox_id == sandbox.id for r in self._runs.values())
+                busy = bool(self.runs.in_sandbox(sandbox.id))
                 if fresh is None or busy or fresh.expires_at > now():
                     return False
-            for run in [r for r in self._runs.values() if r.execution.sandbox_id == sandbox.id]:
+            for run in self.runs.in_sandbox(sandbox.id):
                 run.interrupted = True
-                await self._stop(run)
+                await self.runs.stop(run)
             await self.runner.remove_container(self._container_name(sandbox.id))
             await self.installer.discard(sandbox)  # a running install ends with the sandbox
             await self.workspaces.remove(sandbox.id)
             self.registry.delete_sandbox(sandbox.id)
         self._locks.pop(sandbox.id, None)
-        self._oom_seen.pop(sandbox.id, None)
+        self.runs.forget(sandbox.id)
         return True
 
     async def reap_expired(self) -> list[str]:
         """Remove sandboxes idle past their TTL. A running execution counts as activity."""
-        busy = {r.execution.sandbox_id for r in self._runs.values()}
+        busy = self.runs.busy()
         at = now()
         reaped = []
         for sandbox in self.registry.list_sandboxes():
@@ -252,7 +228,7 @@ class Sandboxes:
             container_id = await self.runner.start_container(spec)
         sandbox.container_id = container_id
         self.registry.put_sandbox(sandbox)
-        self._oom_seen[sandbox.id] = 0
+        self.runs.new_container(sandbox.id)
         return container_id
 
     async def _ensure_container(self, sandbox: Sandbox) -> str:
@@ -274,7 +250,7 @@ class Sandboxes:
             raise DockerUnavailable("the gateway is shutting down", code="shutting_down")
         sandbox = self.get(sandbox_id)
         if idempotency_key is not None:
-            for run in self._runs.values():
+            for run in self.runs.live.values():
                 if (run.execution.sandbox_id, run.execution.idempotency_key) == (
                     sandbox.id,
                     idempotency_key,
@@ -305,9 +281,8 @@ class Sandboxes:
             persist=self.settings.persist_events,
         )
         run = Run(execution, run_log, idle_timeout=body.idle_timeout_seconds)
-        self._runs[execution_id] = run
         run_log.emit(ev.START, {"execution_id": execution_id, "sandbox_id": sandbox.id})
-        run.task = asyncio.create_task(self._drive(run, sandbox, runtime, body, timeout))
+        self.runs.start(run, sandbox, runtime, body, timeout)
         return run
 
     def _argv(self, sandbox: Sandbox, runtime: Runtime, body: ExecBody, eid: str) -> list[str]:
@@ -323,255 +298,21 @@ class Sandboxes:
             return [*runtime.test, path] if body.test else runtime.run_argv(path)
         return list(runtime.test)
 
-    async def _drive(
-        self, run: Run, sandbox: Sandbox, runtime: Runtime, body: ExecBody, seconds: float
-    ) -> None:
-        execution, out = run.execution, run.log
-        try:
-            container_id = await self._ensure_container(sandbox)
-            run.install = await self.installer.prepare(sandbox, runtime, out)
-            if run.install.status == "failed":
-                self._end(
-                    run,
-                    "failed",
-                    ev.ERROR,
-                    {
-                        "code": "install_failed",
-                        "message": "dependency install failed:\n" + run.install.log[-4000:],
-                    },
-                )
-                return
-            if run.interrupted:
-                raise asyncio.CancelledError
-            if run.killed:  # killed before it started: as if SIGKILLed at once
-                self._end(run, "killed", ev.EXIT, _killed_at_once(), exit_code=137)
-                return
-            env = {
-                **runtime.env,
-                **self.installer.exec_env(sandbox, runtime),
-                **sandbox.env,
-                **(body.env or {}),
-            }
-            stdin = body.stdin.encode() if body.stdin is not None else None
-            await self._settled(sandbox.id)
-            run.container_id = container_id
-            proc = await self.runner.exec(
-                container_id,
-                execution.id,
-                execution.argv,
-                env=env,
-                user=self.settings.sandbox_user,
-                stdin=stdin,
-            )
-            timed_out = await self._pump(run, proc, seconds)
-            exit_code = await proc.exit_code()
-            oom = await self._oom_killed(sandbox.id, container_id, exit_code, run, timed_out)
-            out.close_output()
-            status = (
-                "interrupted"
-                if run.interrupted
-                else "killed"
-                if run.killed
-                else "timed_out"
-                if timed_out
-                else "exited"
-            )
-            execution.timed_out, execution.oom_killed = timed_out, oom
-            execution.truncated = out.budget.truncated
-            if run.interrupted:
-                self._end(
-                    run,
-                    status,
-                    ev.ERROR,
-                    {"code": "interrupted", "message": "the execution was stopped by the gateway"},
-                )
-                return
-            data: dict[str, Any] = {
-                "exit_code": exit_code,
-                "timed_out": timed_out,
-                "truncated": out.budget.truncated,
-                "oom_killed": oom,
-                "idle": run.idle,
-            }
-            if exit_code != 0:
-                tail = run.stderr_tail.decode("utf-8", "replace")
-                if missing := missing_modules(runtime, tail):
-                    data["missing_modules"] = missing
-            if exit_code > 128 or run.killed or timed_out:
-                with contextlib.suppress(ValueError):
-                    data["signal"] = signal.Signals(exit_code - 128).name
-            self._end(run, status, ev.EXIT, data, exit_code=exit_code)
-        except asyncio.CancelledError:
-            self._end(
-                run,
-                "interrupted",
-                ev.ERROR,
-                {"code": "interrupted", "message": "the execution was stopped before it ran"},
-            )
-        except PetriError as exc:
-            self._end(run, "failed", ev.ERROR, {"code": exc.code, "message": exc.message})
-        except Exception as exc:  # the stream must still end with one terminal event
-            log.exception("execution %s failed", execution.id)
-            self._end(run, "failed", ev.ERROR, {"code": "internal_error", "message": str(exc)})
-        finally:
-            if body.code is not None:
-                with contextlib.suppress(PetriError):
-                    self.workspaces.get(sandbox.id).delete(f"{CODE_DIR}/{execution.id}")
-            self._runs.pop(execution.id, None)
-            if run.container_id:
-                self._after(sandbox.id, run)
-            run.stopped.set()
-            with contextlib.suppress(PetriError):
-                self.registry.touch_sandbox(sandbox.id, now())
-
-    async def _pump(self, run: Run, proc: Process, seconds: float) -> bool:
-        """Stream output into the log until EOF; on the wall-clock timeout, or when no output
-        came for `run.idle_timeout` seconds, kill the group. True if it timed out."""
-        out = run.log
-        loop = asyncio.get_running_loop()
-        deadline = last_output = loop.time()
-        deadline += seconds
-
-        async def drain() -> None:
-            nonlocal last_output
-            async for kind, data in proc.output():
-                last_output = loop.time()
-                out.output(ev.STDOUT if kind == STDOUT else ev.STDERR, data)
-                if kind != STDOUT:
-                    run.stderr_tail += data
-                    del run.stderr_tail[:-STDERR_TAIL_BYTES]
-
-        reader = asyncio.create_task(drain())
-        run.reader = reader
-        try:
-            while True:
-                wait = deadline - loop.time()
-                if run.idle_timeout is not None:
-                    wait = min(wait, last_output + run.idle_timeout - loop.time())
-                if wait <= 0:
-                    break
-                done, _ = await asyncio.wait({reader}, timeout=wait)
-                if done:
-                    reader.result()  # a failed read ends the run as an error
-                    return False
-            if run.killed or run.interrupted:
-                return False
-            run.idle = loop.time() < deadline
-            await self._stop(run)
-            return True
-        finally:
-            if not reader.done():
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(asyncio.shield(reader), 3 * KILL_GRACE_SECONDS)
-            if not reader.done():
-                reader.cancel()
-            with contextlib.suppress(asyncio.CancelledError, PetriError):
-                await reader
-
-    async def _stop(self, run: Run) -> None:
-        """SIGKILL an execution's process group; if its output still does not end (a process
-        left the group), every process of the sandbox user; if even that does not end it (no
-        helper could start), the container itself: the next exec gets a new one."""
-        sandbox = self.registry.get_sandbox(run.execution.sandbox_id)
-        container_id = run.container_id or (sandbox.container_id if sandbox else "")
-        if not container_id:
-            return
-        user, eid = self.settings.sandbox_user, run.execution.id
-        steps: tuple[Callable[[], Awaitable[None]], ...] = (
-            lambda: self.runner.kill_group(container_id, eid, user),
-            lambda: self.runner.kill_all(container_id, user),
-            lambda: self.runner.kill_container(container_id),
-        )
-        for step in steps:
-            with contextlib.suppress(PetriError):
-                await step()
-            reader = run.reader
-            if reader is None:
-                return
-            await asyncio.wait({reader}, timeout=KILL_GRACE_SECONDS)
-            if reader.done():
-                return
-            log.warning("execution %s still has output after a kill; escalating", eid)
-
-    async def _settled(self, sandbox_id: str) -> None:
-        """Wait until the clean-up after the sandbox's previous exec is done (`_after`)."""
-        task = self._settling.get(sandbox_id)
-        if task is not None:
-            await asyncio.wait({task})
-
-    def _after(self, sandbox_id: str, run: Run) -> None:
-        """Once an exec ended, kill what it left behind (its group; with no other exec running
-        in the sandbox, every process of the sandbox user), so a fork bomb or a stray daemon
-        cannot hold the sandbox's pids, memory or CPU. Runs after the terminal event; the
-        sandbox's next exec waits for it."""
-        previous = self._settling.get(sandbox_id)
-
-        async def settle() -> None:
-            if previous is not None:
-                await asyncio.wait({previous})
-            running = self._runs.values()
-            busy = any(r.container_id and r.execution.sandbox_id == sandbox_id for r in running)
-            try:
-                await self.runner.settle(
-                    run.container_id,
-                    run.execution.id,
-                    self.settings.sandbox_user,
-                    everything=not busy,
-                )
-            except PetriError as exc:
-                log.info("clean-up after %s: %s", run.execution.id, exc.message)
-
-        task = asyncio.create_task(settle())
-        self._settling[sandbox_id] = task
-
-        def forget(done: asyncio.Task[None]) -> None:
-            if self._settling.get(sandbox_id) is done:
-                del self._settling[sandbox_id]
-
-        task.add_done_callback(forget)
-
-    async def _oom_killed(
-        self, sandbox_id: str, container_id: str, code: int, run: Run, timed_out: bool
-    ) -> bool:
-        if code != 137 or run.killed or timed_out or run.interrupted:
-            return False
-        try:
-            count = await self.runner.oom_kills(container_id, self.settings.sandbox_user)
-        except PetriError:  # the container died with the program (e.g. the host killed it)
-            return False
-        seen = self._oom_seen.get(sandbox_id, 0)
-        self._oom_seen[sandbox_id] = count
-        return count > seen
-
-    def _end(
-        self, run: Run, status: str, type_: str, data: dict[str, Any], exit_code: int | None = None
-    ) -> None:
-        execution = run.execution
-        execution.status = status  # type: ignore[assignment]
-        execution.exit_code = exit_code
-        execution.ended_at = now()
-        execution.error_code = data.get("code") if type_ == ev.ERROR else None
-        if type_ == ev.EXIT:
-            data["duration_ms"] = execution.duration_ms
-        self.registry.put_execution(execution)
-        if run.log.terminal is None:
-            run.log.emit(type_, data)
-
     async def kill(self, sandbox_id: str, execution_id: str) -> Execution:
         sandbox = self.get(sandbox_id)
-        run = self._runs.get(execution_id)
+        run = self.runs.live.get(execution_id)
         if run is None or run.execution.sandbox_id != sandbox.id:
             execution = self.execution(sandbox_id, execution_id)
             raise Conflict(
                 f"execution {execution.id} is not running ({execution.status})", code="not_running"
             )
         run.killed = True
-        await self._stop(run)
+        await self.runs.stop(run)
         return run.execution
 
     def execution(self, sandbox_id: str, execution_id: str) -> Execution:
         sandbox = self.get(sandbox_id)
-        run = self._runs.get(execution_id)
+        run = self.runs.live.get(execution_id)
         if run is not None and run.execution.sandbox_id == sandbox.id:
             return run.execution
         execution = self.registry.get_execution(sandbox.id, execution_id[:64])
@@ -589,7 +330,7 @@ class Sandboxes:
 
     def follow(self, sandbox_id: str, execution_id: str, after: int = 0) -> AsyncIterator[Event]:
         execution = self.execution(sandbox_id, execution_id)
-        run = self._runs.get(execution.id)
+        run = self.runs.live.get(execution.id)
         if run is not None:
             return run.log.follow(after)
         return replay(self.registry, execution.id, after)
@@ -641,17 +382,6 @@ class Sandboxes:
         elif terminal is not None:
             result.update({k: v for k, v in terminal.data.items() if k not in result})
         return result
-
-
-def _killed_at_once() -> dict[str, Any]:
-    return {
-        "exit_code": 137,
-        "timed_out": False,
-        "truncated": False,
-        "oom_killed": False,
-        "idle": False,
-        "signal": "SIGKILL",
-    }
 
 
 def _limits(s: Settings, body: CreateSandbox) -> Limits:

@@ -8,8 +8,8 @@ import logging
 from collections.abc import AsyncIterator
 
 from .config import Settings
-from .deps import ContainerInstaller
 from .errors import PetriError
+from .installer import ContainerInstaller
 from .reaper import reap_forever
 from .registry import Registry
 from .runner import Runner

@@ -13,10 +13,9 @@ from typing import Any
 
 import pytest
 
-from gateway import deps
+from gateway import installer
 from gateway.deps import (
     Choice,
-    InstallLog,
     choose,
     go_import_paths,
     is_hit,
@@ -25,6 +24,7 @@ from gateway.deps import (
     python_import_names,
     python_imports,
 )
+from gateway.installer import InstallLog
 from gateway.runtimes import Runtime, load_runtimes
 from gateway.workspace import Workspace
 
@@ -311,8 +311,8 @@ def test_install_log_decodes_each_stream_incrementally() -> None:
 
 
 def test_install_log_is_bounded_and_keeps_its_end(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(deps, "EMIT_CHARS", 100)
-    monkeypatch.setattr(deps, "TAIL_CHARS", 50)
+    monkeypatch.setattr(installer, "EMIT_CHARS", 100)
+    monkeypatch.setattr(installer, "TAIL_CHARS", 50)
     sink = Sink()
     out = InstallLog(sink)
     for i in range(1000):
@@ -334,7 +334,7 @@ def helper(tmp_path: Path, *args: str) -> subprocess.CompletedProcess[str]:
     spec = RUNTIMES["python"].install
     assert spec is not None
     tools = tmp_path / "tools"
-    for name, data in deps._tools(RUNTIMES["python"].folder, spec.tools, spec.tool_packages):
+    for name, data in installer._tools(RUNTIMES["python"].folder, spec.tools, spec.tool_packages):
         (tools / name).parent.mkdir(parents=True, exist_ok=True)
         (tools / name).write_bytes(data)
     return subprocess.run(

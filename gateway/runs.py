@@ -1,0 +1,340 @@
+"""The executions running in one gateway: the task that drives each one (container, install,
+exec), its output pump and timeouts, kills that escalate, and the clean-up after it ends.
+No HTTP, no aiodocker."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from . import events as ev
+from .config import Settings
+from .deps import Installer, InstallResult, missing_modules
+from .errors import PetriError
+from .executions import ExecutionLog
+from .models import ExecBody, Execution, Sandbox, now
+from .registry import Registry
+from .runner import STDOUT, Process, Runner
+from .runtimes import Runtime
+from .workspace import Workspaces
+
+log = logging.getLogger("petri.runs")
+CODE_DIR = ".petri/code"
+KILL_GRACE_SECONDS = 2.0
+STDERR_TAIL_BYTES = 8192
+
+
+@dataclass(slots=True)
+class Run:
+    """A live execution: its record, its event log and the task driving it."""
+
+    execution: Execution
+    log: ExecutionLog
+    task: asyncio.Task[None] | None = None
+    reader: asyncio.Task[None] | None = None
+    killed: bool = False
+    interrupted: bool = False
+    install: InstallResult | None = None
+    stopped: asyncio.Event = field(default_factory=asyncio.Event)
+    # set just before the program starts: the container it runs in
+    container_id: str = ""
+    idle_timeout: float | None = None
+    idle: bool = False  # ended by the idle-output timeout
+    stderr_tail: bytearray = field(default_factory=bytearray)  # for the missing-module hint
+
+
+class Runs:
+    """Live runs by execution id. `start` hands a run to a task that owns it to the end."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        registry: Registry,
+        runner: Runner,
+        workspaces: Workspaces,
+        installer: Installer,
+        ensure_container: Callable[[Sandbox], Awaitable[str]],
+    ) -> None:
+        self.settings = settings
+        self.registry = registry
+        self.runner = runner
+        self.workspaces = workspaces
+        self.installer = installer
+        self._ensure_container = ensure_container
+        self.live: dict[str, Run] = {}
+        self._oom_seen: dict[str, int] = {}
+        self._settling: dict[str, asyncio.Task[None]] = {}
+
+    def start(
+        self, run: Run, sandbox: Sandbox, runtime: Runtime, body: ExecBody, seconds: float
+    ) -> None:
+        self.live[run.execution.id] = run
+        run.task = asyncio.create_task(self._drive(run, sandbox, runtime, body, seconds))
+
+    def in_sandbox(self, sandbox_id: str) -> list[Run]:
+        return [r for r in self.live.values() if r.execution.sandbox_id == sandbox_id]
+
+    def busy(self) -> set[str]:
+        """Sandboxes with a running execution (which counts as activity)."""
+        return {r.execution.sandbox_id for r in self.live.values()}
+
+    def new_container(self, sandbox_id: str) -> None:
+        self._oom_seen[sandbox_id] = 0
+
+    def forget(self, sandbox_id: str) -> None:
+        self._oom_seen.pop(sandbox_id, None)
+
+    async def settle_all(self, seconds: float) -> None:
+        """Wait (bounded) for the clean-ups still running after ended execs."""
+        if self._settling:
+            await asyncio.wait(list(self._settling.values()), timeout=seconds)
+
+    async def _drive(
+        self, run: Run, sandbox: Sandbox, runtime: Runtime, body: ExecBody, seconds: float
+    ) -> None:
+        execution, out = run.execution, run.log
+        try:
+            container_id = await self._ensure_container(sandbox)
+            run.install = await self.installer.prepare(sandbox, runtime, out)
+            if run.install.status == "failed":
+                self._end(
+                    run,
+                    "failed",
+                    ev.ERROR,
+                    {
+                        "code": "install_failed",
+                        "message": "dependency install failed:\n" + run.install.log[-4000:],
+                    },
+                )
+                return
+            if run.interrupted:
+                raise asyncio.CancelledError
+            if run.killed:  # killed before it started: as if SIGKILLed at once
+                self._end(run, "killed", ev.EXIT, _killed_at_once(), exit_code=137)
+                return
+            env = {
+                **runtime.env,
+                **self.installer.exec_env(sandbox, runtime),
+                **sandbox.env,
+                **(body.env or {}),
+            }
+            stdin = body.stdin.encode() if body.stdin is not None else None
+            await self._settled(sandbox.id)
+            run.container_id = container_id
+            proc = await self.runner.exec(
+                container_id,
+                execution.id,
+                execution.argv,
+                env=env,
+                user=self.settings.sandbox_user,
+                stdin=stdin,
+            )
+            timed_out = await self._pump(run, proc, seconds)
+            exit_code = await proc.exit_code()
+            oom = await self._oom_killed(sandbox.id, container_id, exit_code, run, timed_out)
+            out.close_output()
+            status = (
+                "interrupted"
+                if run.interrupted
+                else "killed"
+                if run.killed
+                else "timed_out"
+                if timed_out
+                else "exited"
+            )
+            execution.timed_out, execution.oom_killed = timed_out, oom
+            execution.truncated = out.budget.truncated
+            if run.interrupted:
+                self._end(
+                    run,
+                    status,
+                    ev.ERROR,
+                    {"code": "interrupted", "message": "the execution was stopped by the gateway"},
+                )
+                return
+            data: dict[str, Any] = {
+                "exit_code": exit_code,
+                "timed_out": timed_out,
+                "truncated": out.budget.truncated,
+                "oom_killed": oom,
+                "idle": run.idle,
+            }
+            if exit_code != 0:
+                tail = run.stderr_tail.decode("utf-8", "replace")
+                if missing := missing_modules(runtime, tail):
+                    data["missing_modules"] = missing
+            if exit_code > 128 or run.killed or timed_out:
+                with contextlib.suppress(ValueError):
+                    data["signal"] = signal.Signals(exit_code - 128).name
+            self._end(run, status, ev.EXIT, data, exit_code=exit_code)
+        except asyncio.CancelledError:
+            self._end(
+                run,
+                "interrupted",
+                ev.ERROR,
+                {"code": "interrupted", "message": "the execution was stopped before it ran"},
+            )
+        except PetriError as exc:
+            self._end(run, "failed", ev.ERROR, {"code": exc.code, "message": exc.message})
+        except Exception as exc:  # the stream must still end with one terminal event
+            log.exception("execution %s failed", execution.id)
+            self._end(run, "failed", ev.ERROR, {"code": "internal_error", "message": str(exc)})
+        finally:
+            if body.code is not None:
+                with contextlib.suppress(PetriError):
+                    self.workspaces.get(sandbox.id).delete(f"{CODE_DIR}/{execution.id}")
+            self.live.pop(execution.id, None)
+            if run.container_id:
+                self._after(sandbox.id, run)
+            run.stopped.set()
+            with contextlib.suppress(PetriError):
+                self.registry.touch_sandbox(sandbox.id, now())
+
+    async def _pump(self, run: Run, proc: Process, seconds: float) -> bool:
+        """Stream output into the log until EOF; on the wall-clock timeout, or when no output
+        came for `run.idle_timeout` seconds, kill the group. True if it timed out."""
+        out = run.log
+        loop = asyncio.get_running_loop()
+        deadline = last_output = loop.time()
+        deadline += seconds
+
+        async def drain() -> None:
+            nonlocal last_output
+            async for kind, data in proc.output():
+                last_output = loop.time()
+                out.output(ev.STDOUT if kind == STDOUT else ev.STDERR, data)
+                if kind != STDOUT:
+                    run.stderr_tail += data
+                    del run.stderr_tail[:-STDERR_TAIL_BYTES]
+
+        reader = asyncio.create_task(drain())
+        run.reader = reader
+        try:
+            while True:
+                wait = deadline - loop.time()
+                if run.idle_timeout is not None:
+                    wait = min(wait, last_output + run.idle_timeout - loop.time())
+                if wait <= 0:
+                    break
+                done, _ = await asyncio.wait({reader}, timeout=wait)
+                if done:
+                    reader.result()  # a failed read ends the run as an error
+                    return False
+            if run.killed or run.interrupted:
+                return False
+            run.idle = loop.time() < deadline
+            await self.stop(run)
+            return True
+        finally:
+            if not reader.done():
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(asyncio.shield(reader), 3 * KILL_GRACE_SECONDS)
+            if not reader.done():
+                reader.cancel()
+            with contextlib.suppress(asyncio.CancelledError, PetriError):
+                await reader
+
+    async def stop(self, run: Run) -> None:
+        """SIGKILL an execution's process group; if its output still does not end (a process
+        left the group), every process of the sandbox user; if even that does not end it (no
+        helper could start), the container itself: the next exec gets a new one."""
+        sandbox = self.registry.get_sandbox(run.execution.sandbox_id)
+        container_id = run.container_id or (sandbox.container_id if sandbox else "")
+        if not container_id:
+            return
+        user, eid = self.settings.sandbox_user, run.execution.id
+        steps: tuple[Callable[[], Awaitable[None]], ...] = (
+            lambda: self.runner.kill_group(container_id, eid, user),
+            lambda: self.runner.kill_all(container_id, user),
+            lambda: self.runner.kill_container(container_id),
+        )
+        for step in steps:
+            with contextlib.suppress(PetriError):
+                await step()
+            reader = run.reader
+            if reader is None:
+                return
+            await asyncio.wait({reader}, timeout=KILL_GRACE_SECONDS)
+            if reader.done():
+                return
+            log.warning("execution %s still has output after a kill; escalating", eid)
+
+    async def _settled(self, sandbox_id: str) -> None:
+        """Wait until the clean-up after the sandbox's previous exec is done (`_after`)."""
+        task = self._settling.get(sandbox_id)
+        if task is not None:
+            await asyncio.wait({task})
+
+    def _after(self, sandbox_id: str, run: Run) -> None:
+        """Once an exec ended, kill what it left behind (its group; with no other exec running
+        in the sandbox, every process of the sandbox user), so a fork bomb or a stray daemon
+        cannot hold the sandbox's pids, memory or CPU. Runs after the terminal event; the
+        sandbox's next exec waits for it."""
+        previous = self._settling.get(sandbox_id)
+
+        async def settle() -> None:
+            if previous is not None:
+                await asyncio.wait({previous})
+            running = self.live.values()
+            busy = any(r.container_id and r.execution.sandbox_id == sandbox_id for r in running)
+            try:
+                await self.runner.settle(
+                    run.container_id,
+                    run.execution.id,
+                    self.settings.sandbox_user,
+                    everything=not busy,
+                )
+            except PetriError as exc:
+                log.info("clean-up after %s: %s", run.execution.id, exc.message)
+
+        task = asyncio.create_task(settle())
+        self._settling[sandbox_id] = task
+
+        def forget(done: asyncio.Task[None]) -> None:
+            if self._settling.get(sandbox_id) is done:
+                del self._settling[sandbox_id]
+
+        task.add_done_callback(forget)
+
+    async def _oom_killed(
+        self, sandbox_id: str, container_id: str, code: int, run: Run, timed_out: bool
+    ) -> bool:
+        if code != 137 or run.killed or timed_out or run.interrupted:
+            return False
+        try:
+            count = await self.runner.oom_kills(container_id, self.settings.sandbox_user)
+        except PetriError:  # the container died with the program (e.g. the host killed it)
+            return False
+        seen = self._oom_seen.get(sandbox_id, 0)
+        self._oom_seen[sandbox_id] = count
+        return count > seen
+
+    def _end(
+        self, run: Run, status: str, type_: str, data: dict[str, Any], exit_code: int | None = None
+    ) -> None:
+        execution = run.execution
+        execution.status = status  # type: ignore[assignment]
+        execution.exit_code = exit_code
+        execution.ended_at = now()
+        execution.error_code = data.get("code") if type_ == ev.ERROR else None
+        if type_ == ev.EXIT:
+            data["duration_ms"] = execution.duration_ms
+        self.registry.put_execution(execution)
+        if run.log.terminal is None:
+            run.log.emit(type_, data)
+
+
+def _killed_at_once() -> dict[str, Any]:
+    return {
+        "exit_code": 137,
+        "timed_out": False,
+        "truncated": False,
+        "oom_killed": False,
+        "idle": False,
+        "signal": "SIGKILL",
+    }

@@ -76,8 +76,14 @@ def _raw(gw: Gateway, head: bytes, body: bytes = b"") -> tuple[int, bytes, bytes
     with socket.create_connection((address.hostname, address.port), timeout=30) as s:
         s.sendall(head + b"\r\n\r\n" + body)
         data = b""
-        while chunk := s.recv(65536):
-            data += chunk
+        try:
+            while chunk := s.recv(65536):
+                data += chunk
+        except ConnectionResetError:
+            # The server refused the request and closed with bytes of it unread, so the kernel
+            # sent a reset, which may overtake its plain-text 400.
+            if not data:
+                return 0, b"", b"connection reset"
     headers, _, payload = data.partition(b"\r\n\r\n")
     return int(headers.split(b" ", 2)[1]), headers, payload
 
@@ -347,7 +353,8 @@ def test_hostile_ids_queries_and_headers(small_gateway: Gateway, c: httpx.Client
         b"POST /v1/sandboxes HTTP/1.1\r\nHost: x\r\nContent-Length: -1\r\nConnection: close",
     ):
         status, _, payload = _raw(small_gateway, head)
-        assert 400 <= status < 500, (head[:60], status, payload)
+        oversized = len(head) > 65536  # unread bytes left behind: a reset may come first
+        assert 400 <= status < 500 or (oversized and status == 0), (head[:60], status, payload)
     assert c.get("/healthz").status_code == 200
 
 

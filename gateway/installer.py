@@ -196,21 +196,15 @@ class ContainerInstaller(Installer):
                 env[name] = CA_PATH
             env.update(npm_config_cafile=CA_PATH, GIT_SSL_CAINFO=CA_PATH)
         bom = f"( {spec.bom} ) || echo 'petri: could not list the packages' >&2" if spec.bom else ""
-        return ContainerSpec(
+        return ContainerSpec.for_sandbox(
+            s,
+            sandbox,
             name=self._name(sandbox),
             image=runtime.image,
             labels={**self.labels, "petri.sandbox": sandbox.id, "petri.role": "install"},
             binds=binds,
             env=env,
-            user=s.sandbox_user,
-            memory_mb=sandbox.limits.memory_mb,
-            cpus=sandbox.limits.cpus,
-            pids=sandbox.limits.pids,
-            nofile=s.nofile,
-            fsize_mb=s.fsize_mb,
-            tmpfs_mb=s.tmpfs_mb,
             network=s.egress_network,
-            runtime=s.docker_runtime,
             command=["/bin/sh", "-c", SCRIPT.format(state=STATE_DIR, run=choice.plan.run, bom=bom)],
         )
 

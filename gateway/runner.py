@@ -17,7 +17,9 @@ from typing import Any
 import aiodocker
 import aiohttp
 
+from .config import Settings
 from .errors import DockerUnavailable, NotFound, RunnerError
+from .models import Sandbox
 
 STDOUT, STDERR = 1, 2
 LABEL = "petri.managed"
@@ -71,6 +73,21 @@ class ContainerSpec:
     command: Sequence[str] = tuple(KEEPER)
     workdir: str = "/sandbox"
     dns: Sequence[str] = ()
+
+    @classmethod
+    def for_sandbox(cls, settings: Settings, sandbox: Sandbox, **fields: Any) -> ContainerSpec:
+        """A container with the sandbox's hardening and limits (its own or an install's)."""
+        return cls(
+            user=settings.sandbox_user,
+            memory_mb=sandbox.limits.memory_mb,
+            cpus=sandbox.limits.cpus,
+            pids=sandbox.limits.pids,
+            nofile=settings.nofile,
+            fsize_mb=settings.fsize_mb,
+            tmpfs_mb=settings.tmpfs_mb,
+            runtime=settings.docker_runtime,
+            **fields,
+        )
 
     def config(self) -> dict[str, Any]:
         memory = self.memory_mb * 1024 * 1024

@@ -208,20 +208,14 @@ class Sandboxes:
     async def _start_container(self, sandbox: Sandbox) -> str:
         runtime = self.runtimes[sandbox.language]
         s = self.settings
-        spec = ContainerSpec(
+        spec = ContainerSpec.for_sandbox(
+            s,
+            sandbox,
             name=self._container_name(sandbox.id),
             image=runtime.image,
             labels={**self.labels, "petri.sandbox": sandbox.id, "petri.role": "sandbox"},
             binds=[f"{self.workspaces.get(sandbox.id).root}:/sandbox:rw"],
             env={**runtime.env, **sandbox.env},
-            user=s.sandbox_user,
-            memory_mb=sandbox.limits.memory_mb,
-            cpus=sandbox.limits.cpus,
-            pids=sandbox.limits.pids,
-            nofile=s.nofile,
-            fsize_mb=s.fsize_mb,
-            tmpfs_mb=s.tmpfs_mb,
-            runtime=s.docker_runtime,
         )
         async with self._starts:
             await self.runner.remove_container(spec.name)

@@ -5,6 +5,7 @@ No test skips for lack of Docker: a missing engine is a failure (CI provisions o
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
@@ -126,15 +127,28 @@ def docker_ready() -> None:
     build_images(load_runtimes(RUNTIMES), log=lambda line: None)
 
 
+@contextlib.contextmanager
+def running_gateway(
+    name: str, *, env: dict[str, str] | None = None, **settings: str
+) -> Iterator[Gateway]:
+    """A gateway of its own (fresh directories, `settings` as PETRI_* variables, extra `env`),
+    started, and afterwards stopped with every container and directory it made removed."""
+    tmp = Path(tempfile.mkdtemp(prefix=f"petri-{name}-"))
+    gw = make_gateway(tmp, **settings)
+    gw.env.update(env or {})
+    try:
+        gw.start()
+        yield gw
+    finally:
+        gw.stop()
+        cleanup_containers(tmp)
+        remove_tree(tmp)
+
+
 @pytest.fixture(scope="session")
 def gateway(docker_ready: None) -> Iterator[Gateway]:
-    tmp = Path(tempfile.mkdtemp(prefix="petri-test-"))
-    gw = make_gateway(tmp)
-    gw.start()
-    yield gw
-    gw.stop()
-    cleanup_containers(tmp)
-    remove_tree(tmp)
+    with running_gateway("test") as gw:
+        yield gw
 
 
 def remove_tree(tmp: Path) -> None:

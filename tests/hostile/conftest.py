@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import secrets
 import subprocess
-import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -21,7 +20,7 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.conftest import Gateway, cleanup_containers, make_gateway, remove_tree
+from tests.conftest import Gateway, running_gateway
 from tests.sse import Received, check_sequence, stream_events
 
 CANARY_NAME = "CANARY_SECRET"
@@ -43,14 +42,9 @@ MakeSandbox = Callable[..., Sandbox]
 
 @pytest.fixture(scope="session")
 def hostile_gateway(docker_ready: None) -> Iterator[Gateway]:
-    tmp = Path(tempfile.mkdtemp(prefix="petri-hostile-"))
-    gw = make_gateway(tmp, **HOSTILE_SETTINGS)
-    gw.env[CANARY_NAME] = CANARY_VALUE  # must never be seen by a sandbox
-    gw.start()
-    yield gw
-    gw.stop()
-    cleanup_containers(tmp)
-    remove_tree(tmp)
+    # The canary is in the gateway's environment and must never be seen by a sandbox.
+    with running_gateway("hostile", env={CANARY_NAME: CANARY_VALUE}, **HOSTILE_SETTINGS) as gw:
+        yield gw
 
 
 @pytest.fixture(scope="session")

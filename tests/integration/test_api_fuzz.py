@@ -9,10 +9,8 @@ fuzzer reaches the handlers behind the 404.
 
 from __future__ import annotations
 
-import tempfile
 from collections import Counter
 from collections.abc import Callable, Iterator
-from pathlib import Path
 
 import pytest
 import schemathesis
@@ -23,7 +21,7 @@ from schemathesis.checks import (
     status_code_conformance,
 )
 
-from tests.conftest import Gateway, cleanup_containers, make_gateway, remove_tree
+from tests.conftest import Gateway, running_gateway
 
 pytestmark = pytest.mark.docker
 
@@ -43,13 +41,8 @@ FUZZ_SETTINGS = {
 
 @pytest.fixture(scope="module")
 def fuzz_gateway(docker_ready: None) -> Iterator[Gateway]:
-    tmp = Path(tempfile.mkdtemp(prefix="petri-fuzz-"))
-    gw = make_gateway(tmp, **FUZZ_SETTINGS)
-    gw.start()
-    yield gw
-    gw.stop()
-    cleanup_containers(tmp)
-    remove_tree(tmp)
+    with running_gateway("fuzz", **FUZZ_SETTINGS) as gw:
+        yield gw
 
 
 @pytest.fixture(scope="module")

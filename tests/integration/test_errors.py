@@ -2,16 +2,13 @@
 
 from __future__ import annotations
 
-import shutil
-import tempfile
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 
-from tests.conftest import Gateway, make_gateway
+from tests.conftest import Gateway, running_gateway
 
 pytestmark = pytest.mark.docker
 
@@ -114,12 +111,8 @@ def test_huge_bodies_are_413_and_nothing_is_lost(
 
 @pytest.fixture(scope="module")
 def no_docker_gateway() -> Iterator[Gateway]:
-    tmp = Path(tempfile.mkdtemp(prefix="petri-nodocker-"))
-    gw = make_gateway(tmp, docker_url="unix:///nonexistent/docker.sock")
-    gw.start()
-    yield gw
-    gw.stop()
-    shutil.rmtree(tmp, ignore_errors=True)
+    with running_gateway("nodocker", docker_url="unix:///nonexistent/docker.sock") as gw:
+        yield gw
 
 
 def test_docker_unreachable_is_503(no_docker_gateway: Gateway) -> None:

@@ -9,12 +9,9 @@ Runs against its own gateway with small body limits, so the limits are cheap to 
 from __future__ import annotations
 
 import io
-import shutil
 import socket
-import tempfile
 import zipfile
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -23,7 +20,7 @@ import pytest
 
 from gateway import openapi
 from gateway.routes import ROUTES
-from tests.conftest import Gateway, cleanup_containers, make_gateway, remove_tree
+from tests.conftest import Gateway, running_gateway
 
 pytestmark = pytest.mark.docker
 
@@ -34,14 +31,10 @@ UPLOAD_SLACK = 1024 * 1024  # multipart framing allowed on top of the upload lim
 
 @pytest.fixture(scope="module")
 def small_gateway(docker_ready: None) -> Iterator[Gateway]:
-    tmp = Path(tempfile.mkdtemp(prefix="petri-hygiene-"))
-    gw = make_gateway(tmp, max_body_bytes=str(MAX_BODY), max_upload_bytes=str(MAX_UPLOAD))
-    gw.start()
-    yield gw
-    gw.stop()
-    cleanup_containers(tmp)
-    remove_tree(tmp)
-    shutil.rmtree(tmp, ignore_errors=True)
+    with running_gateway(
+        "hygiene", max_body_bytes=str(MAX_BODY), max_upload_bytes=str(MAX_UPLOAD)
+    ) as gw:
+        yield gw
 
 
 @pytest.fixture(scope="module")

@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import tempfile
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
-from tests.conftest import Gateway, cleanup_containers, make_gateway, remove_tree
+from tests.conftest import Gateway, running_gateway
 from tests.sse import check_sequence, stream_events, text
 
 pytestmark = pytest.mark.docker
@@ -16,13 +14,8 @@ pytestmark = pytest.mark.docker
 
 @pytest.fixture(scope="module")
 def quick_ping_gateway(docker_ready: None) -> Iterator[Gateway]:
-    tmp = Path(tempfile.mkdtemp(prefix="petri-keepalive-"))
-    gw = make_gateway(tmp, keepalive_seconds="0.3")
-    gw.start()
-    yield gw
-    gw.stop()
-    cleanup_containers(tmp)
-    remove_tree(tmp)
+    with running_gateway("keepalive", keepalive_seconds="0.3") as gw:
+        yield gw
 
 
 def test_quiet_run_gets_keepalive_comments(quick_ping_gateway: Gateway) -> None:

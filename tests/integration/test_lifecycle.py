@@ -21,7 +21,14 @@ import pytest
 
 from gateway.registry import instance_id
 from gateway.runtimes import load_runtimes
-from tests.conftest import RUNTIMES, Gateway, cleanup_containers, make_gateway, remove_tree
+from tests.conftest import (
+    RUNTIMES,
+    Gateway,
+    cleanup_containers,
+    make_gateway,
+    remove_tree,
+    running_gateway,
+)
 from tests.sse import Received, check_sequence, parse_wire, stream_events, text
 
 pytestmark = pytest.mark.docker
@@ -107,14 +114,8 @@ def fresh_tmp() -> Iterator[Path]:
 
 @pytest.fixture(scope="module")
 def ttl_gateway(docker_ready: None) -> Iterator[Gateway]:
-    tmp = Path(tempfile.mkdtemp(prefix="petri-ttl-"))
-    gw = make_gateway(tmp, reaper_interval_seconds=str(REAPER))
-    gw.start()
-    yield gw
-    gw.stop()
-    cleanup_containers(tmp)
-    remove_tree(tmp)
-    shutil.rmtree(tmp, ignore_errors=True)
+    with running_gateway("ttl", reaper_interval_seconds=str(REAPER)) as gw:
+        yield gw
 
 
 @pytest.fixture

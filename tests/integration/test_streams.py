@@ -3,19 +3,16 @@ idempotent retries and the output budget, against a real uvicorn gateway and rea
 
 from __future__ import annotations
 
-import shutil
-import tempfile
 import threading
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 
-from tests.conftest import Gateway, cleanup_containers, make_gateway, remove_tree
+from tests.conftest import Gateway, running_gateway
 from tests.sse import Received, check_sequence, parse_wire, stream_events, text
 
 pytestmark = pytest.mark.docker
@@ -304,14 +301,10 @@ BUDGET, TAIL = 100_000, 10_000
 
 @pytest.fixture(scope="module")
 def budget_gateway(docker_ready: None) -> Iterator[Gateway]:
-    tmp = Path(tempfile.mkdtemp(prefix="petri-budget-"))
-    gw = make_gateway(tmp, output_budget_bytes=str(BUDGET), output_tail_bytes=str(TAIL))
-    gw.start()
-    yield gw
-    gw.stop()
-    cleanup_containers(tmp)
-    remove_tree(tmp)
-    shutil.rmtree(tmp, ignore_errors=True)
+    with running_gateway(
+        "budget", output_budget_bytes=str(BUDGET), output_tail_bytes=str(TAIL)
+    ) as gw:
+        yield gw
 
 
 def test_output_budget_keeps_the_head_and_the_tail(budget_gateway: Gateway) -> None:

@@ -55,7 +55,7 @@ pytest:
 test: install docker images lint pytest
 
 bench:
-	shopt -s nullglob; scripts=(bench/*.py); \
+	shopt -s nullglob; scripts=(bench/[!_]*.py); \
 	if [ $${#scripts[@]} -eq 0 ]; then echo "make bench: no bench/*.py found" >&2; exit 1; fi; \
 	for script in "$${scripts[@]}"; do \
 		echo "== $$script"; \

@@ -25,22 +25,12 @@ import aiodocker
 import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from bench._report import row
 from gateway.runner import ContainerSpec
 from tests.conftest import cleanup_containers, make_gateway, remove_tree
 
 COMMAND = ["python3", "-c", "print('hi')"]
 SETTLE = 0.3  # seconds between measurements
-
-
-def pct(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
-
-
-def row(name: str, values: list[float], floor: list[float] | None = None) -> str:
-    p50, p95 = pct(values, 0.5) * 1000, pct(values, 0.95) * 1000
-    ratio = f"{p50 / (pct(floor, 0.5) * 1000):5.2f}x" if floor else "  floor"
-    return f"{name:<44} p50 {p50:7.1f} ms   p95 {p95:7.1f} ms   {ratio}"
 
 
 async def first_stdout_gateway(client: httpx.AsyncClient, sid: str, body: dict[str, str]) -> float:

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
 import re
 import sys
 import tempfile
@@ -30,6 +31,7 @@ from typing import Any
 import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from bench import _report as report
 from gateway import deps
 from gateway import installer as installer_mod
 from gateway.config import DEFAULT_EGRESS_ALLOW, Settings
@@ -43,17 +45,8 @@ from tests.conftest import cleanup_containers, make_gateway, remove_tree
 from tests.integration.test_deps import Server, build_wheel, write_simple_index
 
 HI = {"code": "print('hi')"}
-
-
-def pct(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
-
-
-def row(name: str, values: list[float], base: list[float] | None = None) -> str:
-    p50, p95 = pct(values, 0.5) * 1000, pct(values, 0.95) * 1000
-    ratio = f"{p50 / (pct(base, 0.5) * 1000):5.2f}x" if base else "  base"
-    return f"{name:<52} p50 {p50:8.1f} ms   p95 {p95:8.1f} ms   {ratio}"
+pct = report.pct
+row = functools.partial(report.row, base_label="base", width=52)
 
 
 async def first_stdout(client: httpx.AsyncClient, sid: str, body: dict[str, Any]) -> float:

@@ -28,12 +28,15 @@ LABEL = "petri.managed"
 # SIGINT (ignored here) and SIGCHLD (harmless), so `kill 1`, `kill -KILL 1` or `kill -INT 1`
 # from the sandbox cannot end it. Docker kills it from outside.
 KEEPER = ["/bin/sh", "-c", "trap '' INT; while :; do sleep 86400 & wait; done"]
+KEEPER_PROCESSES = 2  # the keeper shell and its sleep
 # Every exec runs as the leader of its own process group (Docker execs are session leaders);
 # the wrapper records that group so a kill or timeout can take the whole group down.
 # A kill that comes before the pid file is written leaves a `.kill` marker the wrapper obeys.
+# `$1` lists files of ended execs to remove on the way (their clean-up found nothing to kill).
 _WRAP = (
     'echo $$ > "/tmp/.petri-$0.pid" 2>/dev/null; '
-    '[ -e "/tmp/.petri-$0.kill" ] && kill -KILL $$; exec "$@"'
+    '[ -e "/tmp/.petri-$0.kill" ] && kill -KILL $$; '
+    '[ -n "$1" ] && rm -f $1 2>/dev/null; shift; exec "$@"'
 )
 # Helpers must not fork: under a fork bomb the pids limit is spent, but an exec can still
 # start (joining a cgroup ignores pids.max) and run shell builtins (`read`, `kill`) and `exec`.
@@ -337,11 +340,12 @@ class Runner:
         user: str,
         workdir: str = "/sandbox",
         stdin: bytes | None = None,
+        forget: Sequence[str] = (),
     ) -> Process:
         with _docker_errors("starting exec"):
             container = self.docker.containers.container(container_id)
             handle = await container.exec(
-                ["/bin/sh", "-c", _WRAP, exec_id, *argv],
+                ["/bin/sh", "-c", _WRAP, exec_id, _files_of(forget), *argv],
                 stdin=stdin is not None,
                 user=user,
                 environment=dict(env),
@@ -370,6 +374,12 @@ class Runner:
         a fork bomb) and, with `everything`, every process of the sandbox user but PID 1."""
         argv = ["/bin/sh", "-c", _SETTLE, exec_id, "all" if everything else "group"]
         await self._quick(container_id, argv, user)
+
+    async def process_count(self, container_id: str) -> int:
+        """How many processes the container runs, seen from the host (no exec, no pid used)."""
+        with _docker_errors("listing processes"):
+            top = await self.docker.containers.container(container_id).top()
+        return len(top.get("Processes") or [])
 
     async def kill_container(self, container_id: str) -> None:
         """SIGKILL the container's PID 1, which takes every process of the sandbox with it
@@ -401,6 +411,11 @@ class Runner:
                     return b"".join(chunks)
         except TimeoutError:
             raise RunnerError(f"helper exec {argv[0]} did not end in {HELPER_SECONDS}s") from None
+
+
+def _files_of(exec_ids: Sequence[str]) -> str:
+    """The wrapper's files of these execs, for its `rm` (ids are ours: no shell specials)."""
+    return " ".join(f"/tmp/.petri-{e}.pid /tmp/.petri-{e}.kill" for e in exec_ids)
 
 
 async def _merged(stream: Any) -> AsyncIterator[tuple[int, bytes]]:

@@ -103,14 +103,18 @@ def make_gateway(tmp: Path, **settings: str) -> Gateway:
     return Gateway(f"http://127.0.0.1:{port}", data, workspaces, env, port)
 
 
-def cleanup_containers(gateway_dir: Path) -> None:
-    instance = instance_id(gateway_dir / "data")
-    ids = subprocess.run(
-        ["docker", "ps", "-aq", "--filter", f"label=petri.instance={instance}"],
+def container_ids(label: str) -> list[str]:
+    """Ids of every container (running or not) carrying `label` (`key=value`)."""
+    return subprocess.run(
+        ["docker", "ps", "-aq", "--filter", f"label={label}"],
         capture_output=True,
         text=True,
         check=False,
     ).stdout.split()
+
+
+def cleanup_containers(gateway_dir: Path) -> None:
+    ids = container_ids(f"petri.instance={instance_id(gateway_dir / 'data')}")
     if ids:
         subprocess.run(["docker", "rm", "-f", *ids], capture_output=True, check=False)
 

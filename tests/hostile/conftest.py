@@ -20,7 +20,7 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.conftest import Gateway, running_gateway
+from tests.conftest import Gateway, container_ids, running_gateway
 from tests.sse import Received, check_sequence, stream_events
 
 CANARY_NAME = "CANARY_SECRET"
@@ -90,12 +90,7 @@ def stream(client: httpx.Client, sid: str, **body: Any) -> list[Received]:
 
 def container(gw: Gateway, sid: str) -> dict[str, Any]:
     """`docker inspect` of the sandbox's container."""
-    ids = subprocess.run(
-        ["docker", "ps", "-aq", "--filter", f"label=petri.sandbox={sid}"],
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout.split()
+    ids = container_ids(f"petri.sandbox={sid}")
     assert len(ids) == 1, f"expected one container for {sid}, found {ids}"
     out = subprocess.run(
         ["docker", "inspect", ids[0]], capture_output=True, text=True, check=True

@@ -10,7 +10,7 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.conftest import Gateway
+from tests.conftest import Gateway, container_ids
 
 pytestmark = pytest.mark.docker
 
@@ -35,12 +35,7 @@ def test_create_starts_one_hardened_container(client: httpx.Client, gateway: Gat
         assert sb["language"] == "python" and sb["status"] == "running"
         assert sb["limits"]["memory_mb"] == 256 and sb["limits"]["pids"] == 64
         assert {"created_at", "last_active_at", "expires_at"} <= set(sb)
-        found = subprocess.run(
-            ["docker", "ps", "-q", "--filter", f"label=petri.sandbox={sb['id']}"],
-            capture_output=True,
-            text=True,
-            check=True,
-        ).stdout.split()
+        found = container_ids(f"petri.sandbox={sb['id']}")
         assert len(found) == 1
         info = inspect(found[0])
         assert info is not None
@@ -92,13 +87,7 @@ def test_delete_leaves_no_container_and_no_workspace(
     workspace = gateway.workspace_root / sid
     assert (workspace / "a.txt").exists()
     assert client.delete(f"/v1/sandboxes/{sid}").status_code == 204
-    leftover = subprocess.run(
-        ["docker", "ps", "-aq", "--filter", f"label=petri.sandbox={sid}"],
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout.split()
-    assert leftover == []
+    assert container_ids(f"petri.sandbox={sid}") == []
     assert not workspace.exists()
     assert not Path("/proc/mounts").read_text().count(str(workspace))
     assert client.get(f"/v1/sandboxes/{sid}").status_code == 404

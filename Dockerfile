@@ -1,8 +1,8 @@
 # The Petri gateway itself, for `docker compose up` (see docker-compose.yml).
 #
 # Build options (all `--build-arg`):
-#   BASE           base image; default debian:bookworm-slim. Hosts that cannot reach an image
-#                  registry pass BASE=petri-base:bookworm (made by `petri images build`).
+#   BASE           base image; default debian:trixie-slim. Hosts that cannot reach an image
+#                  registry pass BASE=petri-base:trixie (made by `petri images build`).
 #   PIP_INDEX_URL  package index to install from (a mirror or proxy); default PyPI.
 # CA bundle: on networks that intercept TLS (corporate proxies), put the PEM bundle pip must
 # trust at `ca-bundle.crt` in the build context (`make gateway-image` copies
@@ -17,7 +17,7 @@
 # which needs root (and, in a container, `privileged`). The code it runs never executes here:
 # sandboxes are separate, hardened, non-root containers. The runtime images must already exist
 # on the Docker host (`petri images build` there): this image has no Docker CLI.
-ARG BASE=debian:bookworm-slim
+ARG BASE=debian:trixie-slim
 
 FROM ${BASE} AS build
 ENV DEBIAN_FRONTEND=noninteractive

@@ -64,7 +64,7 @@ bench:
 
 # The gateway's own image (see Dockerfile), built from a temporary context that holds only
 # what the image needs plus the CA bundle pip must trust (PETRI_CA_BUNDLE, else the system's).
-# Base: as for the runtime images (PETRI_BASE_IMAGE, debian:bookworm-slim, petri-base:bookworm).
+# Base: as for the runtime images (PETRI_BASE_IMAGE, debian:trixie-slim, petri-base:trixie).
 gateway-image: docker
 	ctx="$$(mktemp -d)"; trap 'rm -rf "$$ctx"' EXIT; \
 	cp -a Dockerfile .dockerignore pyproject.toml README.md gateway runtimes "$$ctx"/; \

@@ -46,7 +46,7 @@ class Settings:
     )
     base_image: str = field(
         default="",
-        metadata=_meta("base of runtime images; empty: debian:bookworm-slim, else debootstrap"),
+        metadata=_meta("base of runtime images; empty: debian:trixie-slim, else debootstrap"),
     )
     docker_runtime: str = field(
         default="", metadata=_meta("OCI runtime for sandboxes, e.g. `runsc` (gVisor)")

@@ -3,7 +3,7 @@
 An image is rebuilt only when its folder's content or its base image changed: the image
 carries the label `petri.hash`, a digest of both, and a build whose digest matches is skipped.
 Where no registry can be reached, the base is bootstrapped from Debian packages with
-`debootstrap` and imported as `petri-base:bookworm`.
+`debootstrap` and imported as `petri-base:trixie`.
 """
 
 from __future__ import annotations
@@ -24,9 +24,9 @@ from gateway.runtimes import Runtime
 
 Log = Callable[[str], None]
 
-REGISTRY_BASE = "debian:bookworm-slim"
-LOCAL_BASE = "petri-base:bookworm"
-DEBIAN_SUITE = "bookworm"
+REGISTRY_BASE = "debian:trixie-slim"
+LOCAL_BASE = "petri-base:trixie"
+DEBIAN_SUITE = "trixie"
 DEBIAN_MIRROR = "http://deb.debian.org/debian"
 BASE_ENV = "PETRI_BASE_IMAGE"
 HASH_LABEL = "petri.hash"
@@ -64,10 +64,10 @@ def content_hash(folder: Path) -> str:
 
 
 def ensure_base(log: Log = print, override: str = "") -> str:
-    """Return the base image ref to build from, making `petri-base:bookworm` when needed.
+    """Return the base image ref to build from, making `petri-base:trixie` when needed.
 
-    Order: `override` (Settings.base_image, PETRI_BASE_IMAGE); `debian:bookworm-slim` if
-    present or pullable (60 s); else `petri-base:bookworm`, debootstrapped if missing.
+    Order: `override` (Settings.base_image, PETRI_BASE_IMAGE); `debian:trixie-slim` if
+    present or pullable (60 s); else `petri-base:trixie`, debootstrapped if missing.
     """
     override = override.strip()
     if override:
@@ -195,7 +195,7 @@ def _stream(argv: list[str], *, prefix: str, log: Log) -> tuple[int, list[str]]:
 
 
 def _bootstrap_base(log: Log) -> None:
-    """Make `petri-base:bookworm` from Debian packages: debootstrap, then docker import."""
+    """Make `petri-base:trixie` from Debian packages: debootstrap, then docker import."""
     if shutil.which("debootstrap") is None:
         raise ImageBuildError(
             f"no base image: {REGISTRY_BASE} cannot be pulled and {LOCAL_BASE} does not exist; "

@@ -114,7 +114,7 @@ mapfile -t TOOLS < <(missing_tools)
 if [ ${#TOOLS[@]} -gt 0 ]; then
     if docker_ok && ! command -v apt-get >/dev/null 2>&1; then
         say "WARNING: missing ${TOOLS[*]} and no apt-get; 'petri images build' needs debootstrap" \
-            "when debian:bookworm-slim cannot be pulled, workspace quotas need e2fsprogs/mount"
+            "when debian:trixie-slim cannot be pulled, workspace quotas need e2fsprogs/mount"
     else
         apt_install "${TOOLS[@]}"
     fi

@@ -1,7 +1,7 @@
 """Self-hosting: the gateway's own image (Dockerfile) and docker-compose.yml.
 
-The image is built for real from the local base (debian:bookworm-slim, else the
-debootstrapped petri-base:bookworm), run against the host's Docker engine through its socket
+The image is built for real from the local base (debian:trixie-slim, else the
+debootstrapped petri-base:trixie), run against the host's Docker engine through its socket
 with the workspace root mounted at the same path on both sides, and must serve /healthz,
 /readyz and a real sandbox exec. Cold builds take a minute or two; later ones hit the cache.
 """

@@ -8,10 +8,14 @@ network, no capabilities, the workspace bind-mounted at /sandbox.
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
+import httpx
 import pytest
 
 from gateway.images import HASH_LABEL, build_images
@@ -116,3 +120,57 @@ def test_shell_basics_and_read_only_root(built: dict[str, str], name: str, tmp_p
     done = docker_run(runtime, workspace, ["sh", "-c", script])
     assert done.returncode == 0, done.stderr
     assert done.stdout.split() == ["1000", "/tmp", "/sandbox", "hi", "ws", "root-read-only"]
+
+
+# The floors each runtime must meet (Debian 13's packages) and the command names people and
+# models type. Checked in a real sandbox, through the gateway, with its real hardening.
+FLOORS: dict[str, tuple[tuple[int, ...], tuple[str, ...]]] = {
+    "python": ((3, 13), ("python", "python3", "pip", "pip3", "pytest")),
+    "node": ((20,), ("node", "npm", "npx")),
+    "go": ((1, 24), ("go", "gofmt", "git", "gcc")),
+    "java": ((21,), ("java", "javac", "mvn")),
+}
+
+
+def test_every_runtime_has_a_floor() -> None:
+    assert sorted(FLOORS) == NAMES
+
+
+def version_of(smoke_stdout: str) -> tuple[int, ...]:
+    """`petri smoke ok: go go1.24.4` -> (1, 24, 4)."""
+    found = re.search(r"(\d+(?:\.\d+)*)", smoke_stdout.partition(":")[2])
+    assert found, smoke_stdout
+    return tuple(int(part) for part in found.group(1).split("."))
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_runtime_meets_its_floor_in_a_sandbox(
+    name: str, new_sandbox: Callable[..., dict[str, Any]], client: httpx.Client
+) -> None:
+    runtime = RUNTIMES[name]
+    floor, commands = FLOORS[name]
+    sid = new_sandbox(name)["id"]
+    smoke = runtime.smoke_path
+    put = client.put(f"/v1/sandboxes/{sid}/files/{smoke.name}", content=smoke.read_bytes())
+    assert put.status_code == 201, put.text
+    ran = client.post(
+        f"/v1/sandboxes/{sid}/exec", json={"filename": smoke.name, "timeout_seconds": 120}
+    ).json()
+    assert ran["exit_code"] == 0, ran
+    assert runtime.smoke_expect in ran["stdout"]
+    assert version_of(ran["stdout"])[: len(floor)] >= floor, ran["stdout"]
+    probe = " && ".join(f"command -v {c}" for c in commands)
+    found = client.post(f"/v1/sandboxes/{sid}/exec", json={"command": probe}).json()
+    assert found["exit_code"] == 0, found
+    assert len(found["stdout"].split()) == len(commands)
+
+
+def test_python_command_runs_a_file(
+    new_sandbox: Callable[..., dict[str, Any]], client: httpx.Client
+) -> None:
+    """What nearly every person and model writes: `python main.py`."""
+    sid = new_sandbox("python")["id"]
+    code = b"import sys; print(sys.version_info >= (3, 13))"
+    client.put(f"/v1/sandboxes/{sid}/files/main.py", content=code)
+    ran = client.post(f"/v1/sandboxes/{sid}/exec", json={"command": "python main.py"}).json()
+    assert (ran["exit_code"], ran["stdout"]) == (0, "True\n"), ran

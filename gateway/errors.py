@@ -55,3 +55,10 @@ class RunnerError(PetriError):
     """Docker answered, but not as needed (image missing, container gone, ...)."""
 
     status, code = 502, "runner_error"
+
+
+class AppFailed(PetriError):
+    """Test mode: the app under test exited (`app_exited`) or never answered on its port
+    (`app_not_ready`). It ends an execution as its `error` event, never an HTTP answer."""
+
+    status, code = 422, "app_exited"

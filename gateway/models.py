@@ -160,11 +160,40 @@ class CreateSandbox(_Body):
     _env = field_validator("env")(_check_env)
 
 
+READY_PATH = re.compile(r"^/[!-~]{0,2047}$")  # printable ASCII, no spaces: one request line
+
+
+class AppBody(_Body):
+    """Test mode's app under test (DESIGN §9): started in the sandbox before the tests and
+    probed from inside it until `port` answers (with `ready_path`, any HTTP status line)."""
+
+    command: str = Field(min_length=1, max_length=8192, examples=["python app.py"])
+    port: int = Field(ge=1024, le=65535, examples=[5000])
+    ready_path: str | None = Field(default=None, min_length=1, max_length=2048, examples=["/"])
+    # at most the exec's timeout_seconds (checked with it: `Sandboxes.exec`)
+    ready_timeout_seconds: int = Field(default=30, ge=1)
+
+    @field_validator("command")
+    @classmethod
+    def _command(cls, value: str) -> str:
+        if "\x00" in value or not value.strip():
+            raise ValueError("must not be blank or hold NUL bytes")
+        return value
+
+    @field_validator("ready_path")
+    @classmethod
+    def _path(cls, value: str | None) -> str | None:
+        if value is not None and not READY_PATH.match(value):
+            raise ValueError("must start with / and hold only printable ASCII, no spaces")
+        return value
+
+
 class ExecBody(_Body):
     command: str | None = Field(default=None, min_length=1, max_length=65536)
     code: str | None = Field(default=None, max_length=4 * 1024 * 1024)
     filename: str | None = Field(default=None, min_length=1, max_length=1024)
     test: bool = False
+    app: AppBody | None = None  # test mode only
     timeout_seconds: int | None = Field(default=None, ge=1)
     # no output (stdout or stderr) for this long: killed, `timed_out` and `idle` on `exit`
     idle_timeout_seconds: int | None = Field(default=None, ge=1)
@@ -188,6 +217,10 @@ class ExecBody(_Body):
             raise ValueError("give only one of command, code, filename")
         if not given and not self.test:
             raise ValueError("give one of command, code, filename (or test: true)")
+        if self.app is not None and not self.test:
+            raise ValueError("app is for test mode (test: true); a long-running app is a service")
+        if self.test and self.code is not None:
+            raise ValueError("test mode runs the project's tests: give no code")
         return self
 
 

@@ -21,6 +21,7 @@ from .models import ExecBody, Execution, Sandbox, now
 from .registry import Registry
 from .runner import KEEPER_PROCESSES, STDOUT, Process, Runner
 from .runtimes import Runtime
+from .testmode import TestSession
 from .workspace import Workspaces
 
 log = logging.getLogger("petri.runs")
@@ -46,6 +47,7 @@ class Run:
     idle_timeout: float | None = None
     idle: bool = False  # ended by the idle-output timeout
     stderr_tail: bytearray = field(default_factory=bytearray)  # for the missing-module hint
+    tests: TestSession | None = None  # test mode (gateway/testmode.py)
 
 
 class Runs:
@@ -75,6 +77,19 @@ class Runs:
         self, run: Run, sandbox: Sandbox, runtime: Runtime, body: ExecBody, seconds: float
     ) -> None:
         self.live[run.execution.id] = run
+        if body.test:
+            run.tests = TestSession(
+                settings=self.settings,
+                runner=self.runner,
+                runtime=runtime,
+                body=body,
+                execution=run.execution,
+                out=run.log,
+                workspace=self.workspaces.get(sandbox.id),
+                seconds=seconds,
+                stop_exec=self.stop_exec,
+                leftover=lambda exec_id: self._stale.setdefault(sandbox.id, []).append(exec_id),
+            )
         run.task = asyncio.create_task(self._drive(run, sandbox, runtime, body, seconds))
 
     def in_sandbox(self, sandbox_id: str) -> list[Run]:
@@ -129,6 +144,10 @@ class Runs:
             stdin = body.stdin.encode() if body.stdin is not None else None
             await self._settled(sandbox.id)
             run.container_id = container_id
+            if run.tests is not None:  # test mode: the runner's argv, the app answering (§9)
+                env, seconds = await run.tests.begin(
+                    container_id, env, lambda: run.killed or run.interrupted
+                )
             proc = await self.runner.exec(
                 container_id,
                 execution.id,
@@ -138,6 +157,8 @@ class Runs:
                 user=self.settings.sandbox_user,
                 stdin=stdin,
             )
+            if run.tests is not None:
+                proc = run.tests.watch(proc)
             timed_out = await self._pump(run, proc, seconds)
             exit_code = await proc.exit_code()
             oom = await self._oom_killed(sandbox.id, container_id, exit_code, run, timed_out)
@@ -175,6 +196,8 @@ class Runs:
             if exit_code > 128 or run.killed or timed_out:
                 with contextlib.suppress(ValueError):
                     data["signal"] = signal.Signals(exit_code - 128).name
+            if run.tests is not None and (tests := await run.tests.finish(status, exit_code)):
+                data["tests"] = tests  # after the `report` event, the app stopped
             self._end(run, status, ev.EXIT, data, exit_code=exit_code)
         except asyncio.CancelledError:
             self._end(
@@ -189,6 +212,8 @@ class Runs:
             log.exception("execution %s failed", execution.id)
             self._end(run, "failed", ev.ERROR, {"code": "internal_error", "message": str(exc)})
         finally:
+            if run.tests is not None:  # the app never outlives its run
+                await run.tests.close()
             if body.code is not None:
                 with contextlib.suppress(PetriError):
                     self.workspaces.get(sandbox.id).delete(f"{CODE_DIR}/{execution.id}")
@@ -249,9 +274,16 @@ class Runs:
         helper could start), the container itself: the next exec gets a new one."""
         sandbox = self.registry.get_sandbox(run.execution.sandbox_id)
         container_id = run.container_id or (sandbox.container_id if sandbox else "")
-        if not container_id:
-            return
-        user, eid = self.settings.sandbox_user, run.execution.id
+        if container_id:
+            await self.stop_exec(container_id, run.execution.id, lambda: run.reader)
+
+    async def stop_exec(
+        self, container_id: str, eid: str, reader_of: Callable[[], asyncio.Task[None] | None]
+    ) -> None:
+        """The kill ladder of one exec (a run's program, test mode's app): its group, then
+        every process of the sandbox user, then the container, each step only while the
+        exec's output (read by the task `reader_of()` returns) has not ended."""
+        user = self.settings.sandbox_user
         steps: tuple[Callable[[], Awaitable[None]], ...] = (
             lambda: self.runner.kill_group(container_id, eid, user),
             lambda: self.runner.kill_all(container_id, user),
@@ -260,7 +292,7 @@ class Runs:
         for step in steps:
             with contextlib.suppress(PetriError):
                 await step()
-            reader = run.reader
+            reader = reader_of()
             if reader is None:
                 return
             await asyncio.wait({reader}, timeout=KILL_GRACE_SECONDS)

@@ -169,6 +169,30 @@ class Workspace:
             except OSError as exc:
                 raise _path_error(exc, path) from None
 
+    def is_dir(self, path: str) -> bool:
+        """Whether `path` is a directory, reached without following any symlink."""
+        try:
+            with self._dir(clean_path(path)):
+                return True
+        except PetriError:
+            return False
+
+    def files_in(self, path: str, limit: int) -> list[tuple[str, int]]:
+        """(name, size) of the regular files directly in directory `path`, sorted by name,
+        at most `limit` of them; [] when it is not a directory (or is reached by a symlink)."""
+        try:
+            with self._dir(clean_path(path)) as dfd, os.scandir(dfd) as it:
+                found = []
+                for entry in it:
+                    st = entry.stat(follow_symlinks=False)
+                    if stat.S_ISREG(st.st_mode):
+                        found.append((entry.name, st.st_size))
+                    if len(found) >= limit:
+                        break
+        except (PetriError, OSError):
+            return []
+        return sorted(found)
+
     def listing(self) -> list[FileInfo]:
         """Regular files, walked by directory fd without following symlinks (the program may
         swap a directory for a symlink to a host path at any moment). Bounded: at most

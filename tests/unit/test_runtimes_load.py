@@ -17,7 +17,6 @@ name = "demo"
 image = "petri-demo"
 source_file = "main.demo"
 run = ["demo", "--flag", "{file}"]
-test = ["demo", "test"]
 manifests = ["demo.lock"]
 smoke = "smoke/main.demo"
 smoke_expect = "petri smoke ok"
@@ -44,7 +43,7 @@ def test_loads_a_valid_runtime(tmp_path: Path) -> None:
     assert isinstance(rt, Runtime)
     assert rt.image == "petri-demo:latest"
     assert rt.run == ("demo", "--flag", "{file}")
-    assert rt.test == ("demo", "test")
+    assert rt.test is None  # no [test]: test mode is refused for this runtime
     assert rt.manifests == ("demo.lock",)
     assert dict(rt.env) == {"DEMO_UNBUFFERED": "1"}
     assert rt.folder == folder
@@ -73,7 +72,7 @@ def test_repository_runtimes_load() -> None:
     [
         ('name = "demo"\n', "", "missing required key 'name'"),
         ('smoke_expect = "petri smoke ok"\n', "", "missing required key 'smoke_expect'"),
-        ('test = ["demo", "test"]\n', "", "missing required key 'test'"),
+        ('manifests = ["demo.lock"]\n', "", "missing required key 'manifests'"),
         ('name = "demo"', 'name = "other"', "must match its folder name"),
         ('name = "demo"', "name = 3", "'name' must be a non-empty string"),
         ('image = "petri-demo"', 'image = ""', "'image' must be a non-empty string"),

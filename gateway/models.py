@@ -170,8 +170,8 @@ class AppBody(_Body):
     command: str = Field(min_length=1, max_length=8192, examples=["python app.py"])
     port: int = Field(ge=1024, le=65535, examples=[5000])
     ready_path: str | None = Field(default=None, min_length=1, max_length=2048, examples=["/"])
-    # at most the exec's timeout_seconds (checked with it: `Sandboxes.exec`)
-    ready_timeout_seconds: int = Field(default=30, ge=1)
+    # default 30 s (or the run's timeout_seconds, if shorter); at most timeout_seconds
+    ready_timeout_seconds: int | None = Field(default=None, ge=1)
 
     @field_validator("command")
     @classmethod

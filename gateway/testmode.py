@@ -30,6 +30,7 @@ log = logging.getLogger("petri.testmode")
 REPORTS_DIR = ".petri/reports"
 SANDBOX_ROOT = "/sandbox"
 APP_TAIL_BYTES = 4096
+DEFAULT_READY_SECONDS = 30
 MAX_REPORT_FILES = 200
 PACKAGE_JSON_BYTES = 1024 * 1024
 NPM_PLACEHOLDER = 'echo "Error: no test specified" && exit 1'  # what `npm init` writes
@@ -114,9 +115,10 @@ def check(runtime: Runtime, body: ExecBody, timeout: int) -> None:
             f"filename: the {runtime.name} test runner runs the whole project; leave it out",
             code="invalid_field",
         )
-    if body.app is not None and body.app.ready_timeout_seconds > timeout:
+    ready = body.app.ready_timeout_seconds if body.app is not None else None
+    if ready is not None and ready > timeout:
         raise Invalid(
-            f"app.ready_timeout_seconds ({body.app.ready_timeout_seconds}) must not exceed "
+            f"app.ready_timeout_seconds ({ready}) must not exceed "
             f"the run's timeout_seconds ({timeout})",
             code="invalid_field",
         )
@@ -154,6 +156,8 @@ class TestSession:
         self.out = out
         self.workspace = workspace
         self.deadline = execution.created_at + seconds
+        ready = self.app.ready_timeout_seconds if self.app is not None else None
+        self.ready_timeout = float(ready or min(DEFAULT_READY_SECONDS, seconds))
         self._stop_exec = stop_exec
         self._leftover = leftover
         eid = execution.id
@@ -270,7 +274,7 @@ class TestSession:
         assert self.app is not None and self._app_reader is not None
         loop = asyncio.get_running_loop()
         app, reader = self.app, self._app_reader
-        limit = min(float(app.ready_timeout_seconds), self.remaining())
+        limit = min(self.ready_timeout, self.remaining())
         argv = [str(app.port), app.ready_path or "", str(int(limit) + 2)]
         probe = await self.runner.exec(
             self.container_id,
@@ -294,12 +298,12 @@ class TestSession:
                     raise AppFailed(await self._exited_message(), code="app_exited")
                 if answered.done() or left <= 0:
                     break
-            if limit < app.ready_timeout_seconds:
+            if limit < self.ready_timeout:
                 return  # the run's own timeout came first: the runner times out at once
             raise AppFailed(
                 f"the app did not answer on port {app.port}"
                 + (f" (GET {app.ready_path})" if app.ready_path else "")
-                + f" within {app.ready_timeout_seconds} s; its last output:\n{self._tail()}",
+                + f" within {self.ready_timeout:g} s; its last output:\n{self._tail()}",
                 code="app_not_ready",
             )
         finally:

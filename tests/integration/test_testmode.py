@@ -430,6 +430,36 @@ def test_gateway_shutdown_stops_the_app(docker_ready: None) -> None:
         assert "http.server" not in left and "pytest" not in left
 
 
+def test_a_daemonizing_app_does_not_outlive_the_run(
+    client: httpx.Client, sandbox: dict[str, Any]
+) -> None:
+    sid = sandbox["id"]
+    upload(client, sid, {"tests/test_x.py": "def test_x():\n    pass\n"})
+    # The server leaves the app's process group (setsid); the group's shell just waits.
+    escape = "setsid python3 -m http.server --bind 127.0.0.1 5000 & wait"
+    events = run_stream(client, sid, app={"command": escape, "port": 5000})
+    assert one(events, "report")["passed"] == 1 and events[-1].type == "exit"
+    assert "http.server" not in processes(client, sid)
+
+
+def test_a_flooding_app_has_its_own_budget(docker_ready: None) -> None:
+    settings = {"output_budget_bytes": "65536", "output_tail_bytes": "4096"}
+    with running_gateway("testmode-budget", **settings) as gw, gw.client() as c:
+        sid = c.post("/v1/sandboxes", json={"language": "python"}).json()["id"]
+        upload(c, sid, {"tests/test_x.py": "def test_x():\n    print('x' * 50000)\n    assert 0\n"})
+        flood = (
+            "head -c 3000000 /dev/zero | tr '\\0' a; echo; "
+            "exec python3 -m http.server --bind 127.0.0.1 5000"
+        )
+        events = run_stream(c, sid, app={"command": flood, "port": 5000})
+        truncated = [e.data for e in events if e.type == "truncated"]
+        assert [t.get("source") for t in truncated] == ["app"]
+        assert len(text(events, "app")) <= 65536 + 2 * 4096
+        exit_ = events[-1].data
+        assert exit_["truncated"] is False and exit_["tests"]["failed"] == 1
+        assert "x" * 50000 in text(events, "stdout")  # the runner's output is whole
+
+
 # --- hostile reports -------------------------------------------------------------------------
 
 LAUGHS = """<?xml version="1.0"?>

@@ -79,9 +79,10 @@ class Sandboxes:
         for execution in interrupted:
             owner = self.registry.get_sandbox(execution.sandbox_id)
             if owner is not None and owner.container_id:
-                with contextlib.suppress(PetriError):
-                    user = self.settings.sandbox_user
-                    await self.runner.kill_group(owner.container_id, execution.id, user)
+                for exec_id in testmode.exec_ids(execution):  # a test run's app too
+                    with contextlib.suppress(PetriError):
+                        user = self.settings.sandbox_user
+                        await self.runner.kill_group(owner.container_id, exec_id, user)
 
     async def sweep_orphans(self) -> list[str]:
         known = {s.id for s in self.registry.list_sandboxes()}

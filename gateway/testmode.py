@@ -37,12 +37,15 @@ NPM_PLACEHOLDER = 'echo "Error: no test specified" && exit 1'  # what `npm init`
 SUREFIRE = ".deps/m2/org/apache/maven/plugins/maven-surefire-plugin"
 # Every runner gets its report folder made first; "$@" is the exec's `filename`, if any.
 _RUNNER_PREFIX = 'mkdir -p "$PETRI_REPORT_DIR" || exit 1\n'
-# The readiness probe, inside the sandbox (no network needed: loopback only). A TCP connect
-# to the port, IPv4 then IPv6; with a path, one HTTP/1.1 GET whose answer must start with an
-# HTTP status line (any status: the app answers). A failed redirection only fails that
-# compound command, never the shell. Bounded by its own deadline ($3 s) too.
+# The readiness probe, inside the sandbox (no network needed: loopback only). Once the app's
+# exec found its port free ($4 exists): a TCP connect to the port, IPv4 then IPv6; with a
+# path, one HTTP/1.1 GET whose answer must start with an HTTP status line (any status: the
+# app answers). A failed redirection only fails that compound command, never the shell.
+# Bounded by its own deadline ($3 s) too.
 _PROBE = r"""
-port=$1 path=$2 end=$((SECONDS + $3))
+port=$1 path=$2 end=$((SECONDS + $3)) free=$4
+until [ -e "$free" ]; do [ "$SECONDS" -lt "$end" ] || exit 1; sleep 0.02; done
+rm -f "$free"
 while [ "$SECONDS" -lt "$end" ]; do
   for host in 127.0.0.1 ::1; do
     if {
@@ -59,6 +62,28 @@ while [ "$SECONDS" -lt "$end" ]; do
 done
 exit 1
 """
+
+
+# The app's exec: refuses a port something in the sandbox already answers on (another app,
+# a service, a stray server), so `ready` can only ever mean this app; says so by creating the
+# file $0, which the probe waits for before it probes; then runs the command.
+_APP = """
+taken=
+for host in 127.0.0.1 ::1; do { : ; } 3<>"/dev/tcp/$host/$1" && taken=1; done 2>/dev/null
+if [ -n "$taken" ]; then
+  echo "petri: port $1 is already taken in this sandbox (by another app or service)" >&2
+  exit 98
+fi
+: > "$0"
+exec /bin/bash -c "$2"
+"""
+
+
+def exec_ids(execution: Execution) -> list[str]:
+    """The Docker exec ids of a run: its program's and, in test mode, its app's and probe's
+    (each its own process group, killed by id)."""
+    eid = execution.id
+    return [eid, f"{eid}-app", f"{eid}-probe"] if execution.test else [eid]
 
 
 def choose_runner(runtime: Runtime, workspace: Workspace) -> TestRunner:
@@ -160,9 +185,9 @@ class TestSession:
         self.ready_timeout = float(ready or min(DEFAULT_READY_SECONDS, seconds))
         self._stop_exec = stop_exec
         self._leftover = leftover
-        eid = execution.id
-        self.app_id, self.probe_id = f"{eid}-app", f"{eid}-probe"
-        self.report_dir = f"{REPORTS_DIR}/{eid}"
+        _, self.app_id, self.probe_id = exec_ids(execution)
+        self.report_dir = f"{REPORTS_DIR}/{execution.id}"
+        self._free_marker = f"/tmp/.petri-{self.app_id}.free"  # the app found its port free
         self.runner_name = "command"
         self.report_format = "junit"
         self.container_id = ""
@@ -251,7 +276,7 @@ class TestSession:
         self._app_proc = await self.runner.exec(
             self.container_id,
             self.app_id,
-            ["/bin/bash", "-c", self.app.command],
+            ["/bin/bash", "-c", _APP, self._free_marker, str(self.app.port), self.app.command],
             env=env,
             user=self.settings.sandbox_user,
         )
@@ -275,7 +300,7 @@ class TestSession:
         loop = asyncio.get_running_loop()
         app, reader = self.app, self._app_reader
         limit = min(self.ready_timeout, self.remaining())
-        argv = [str(app.port), app.ready_path or "", str(int(limit) + 2)]
+        argv = [str(app.port), app.ready_path or "", str(int(limit) + 2), self._free_marker]
         probe = await self.runner.exec(
             self.container_id,
             self.probe_id,

@@ -4,6 +4,7 @@ test and its readiness, bad apps, bad input, kills, timeouts, hostile reports.""
 
 from __future__ import annotations
 
+import signal
 import subprocess
 import threading
 import time
@@ -267,6 +268,30 @@ def test_app_that_never_answers(client: httpx.Client, sandbox: dict[str, Any]) -
     assert "time.sleep(600)" not in processes(client, sid)
 
 
+def test_a_port_already_taken_is_app_exited_not_a_false_ready(
+    client: httpx.Client, sandbox: dict[str, Any]
+) -> None:
+    sid = sandbox["id"]
+    upload(client, sid, {"tests/test_x.py": "def test_x():\n    pass\n"})
+    other = {"command": APP["command"], "wait": False, "timeout_seconds": 120}
+    squatter = client.post(f"/v1/sandboxes/{sid}/exec", json=other).json()["execution_id"]
+    try:
+        listening = (
+            "for i in $(seq 100); do : 2>/dev/null <>/dev/tcp/127.0.0.1/5000 && exit; "
+            "sleep 0.2; done; exit 1"
+        )
+        assert client.post(f"/v1/sandboxes/{sid}/exec", json={"command": listening}).json()[
+            "exit_code"
+        ] == 0
+        events = run_stream(client, sid, app={"command": "python3 app.py", "port": 5000})
+        error = events[-1]
+        assert error.type == "error" and error.data["code"] == "app_exited"
+        assert "port 5000 is already taken" in error.data["message"]
+        assert "ready" not in {e.type for e in events}
+    finally:
+        client.post(f"/v1/sandboxes/{sid}/executions/{squatter}/kill")
+
+
 def test_readiness_follows_the_app_not_a_fixed_sleep(
     client: httpx.Client, sandbox: dict[str, Any]
 ) -> None:
@@ -349,6 +374,14 @@ def test_filename_narrows_pytest_and_a_missing_one_is_404(
     assert report["passed"] == 2
     r = client.post(f"/v1/sandboxes/{sid}/exec", json={"test": True, "filename": "nope.py"})
     assert r.status_code == 404
+
+
+def test_filename_is_refused_where_the_runner_runs_the_whole_project(
+    client: httpx.Client, new_sandbox: MakeSandbox
+) -> None:
+    sid = new_sandbox("go")["id"]
+    r = client.post(f"/v1/sandboxes/{sid}/exec", json={"test": True, "filename": "x_test.go"})
+    assert r.status_code == 422 and "whole project" in r.json()["error"]["message"]
 
 
 # --- kills, timeouts, shutdown: the app never outlives the run --------------------------------
@@ -458,6 +491,26 @@ def test_a_flooding_app_has_its_own_budget(docker_ready: None) -> None:
         exit_ = events[-1].data
         assert exit_["truncated"] is False and exit_["tests"]["failed"] == 1
         assert "x" * 50000 in text(events, "stdout")  # the runner's output is whole
+
+
+def test_a_gateway_crash_leaves_no_app_after_restart(docker_ready: None) -> None:
+    with running_gateway("testmode-crash") as gw:
+        with gw.client() as c:
+            sid = c.post("/v1/sandboxes", json={"language": "python"}).json()["id"]
+            upload(c, sid, {"tests/test_slow.py": SLOW_TEST})
+            body = {"test": True, "app": APP, "wait": False}
+            eid = c.post(f"/v1/sandboxes/{sid}/exec", json=body).json()["execution_id"]
+            wait_for(c, sid, "pytest")
+        gw.stop(signal.SIGKILL)  # no clean-up at all: the app and pytest live on
+        (cid,) = container_ids(f"petri.sandbox={sid}")
+        ps = ["docker", "exec", cid, "sh", "-c", PROCESSES]
+        assert "http.server" in subprocess.run(ps, capture_output=True, text=True).stdout
+        gw.start()  # recovery marks the run interrupted and kills its groups, the app's too
+        with gw.client() as c:
+            events = stream_events(c, "GET", f"/v1/sandboxes/{sid}/executions/{eid}/events")
+            assert events[-1].type == "error" and events[-1].data["code"] == "interrupted"
+        left = subprocess.run(ps, capture_output=True, text=True, check=True).stdout
+        assert "http.server" not in left and "pytest" not in left
 
 
 # --- hostile reports -------------------------------------------------------------------------

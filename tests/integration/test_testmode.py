@@ -82,7 +82,7 @@ def assert_report(
         assert case["suite"] and case["status"] in ("passed", "failed", "skipped", "error")
 
 
-def tests_of(report: dict[str, Any]) -> dict[str, Any]:
+def counts_of(report: dict[str, Any]) -> dict[str, Any]:
     return {k: report[k] for k in ("passed", "failed", "skipped", "errors")}
 
 
@@ -102,7 +102,7 @@ def test_python_app_and_pytest(client: httpx.Client, new_sandbox: MakeSandbox) -
     (failed,) = [c for c in report["cases"] if c["status"] == "failed"]
     assert failed["suite"] == "tests.test_broken" and "math is hard" in failed["message"]
     exit_ = events[-1].data
-    assert exit_["exit_code"] == 1 and exit_["tests"] == tests_of(report)
+    assert exit_["exit_code"] == 1 and exit_["tests"] == counts_of(report)
     ready = one(events, "ready")
     assert ready["port"] == 5000 and 0 <= ready["after_ms"] < 30000
     # The app's output only as `app` events, the runner's only as stdout/stderr.
@@ -166,7 +166,7 @@ def test_node_without_a_test_script_uses_node_test(
     events = run_stream(client, sid, timeout_seconds=SLOW)
     report = one(events, "report")
     assert_report(report, "node --test", (1, 1, 1, 0), {"ok", "bad", "later"})
-    assert events[-1].data["tests"] == tests_of(report)
+    assert events[-1].data["tests"] == counts_of(report)
 
 
 def test_go_app_and_go_test(client: httpx.Client, new_sandbox: MakeSandbox) -> None:
@@ -185,7 +185,7 @@ def test_go_app_and_go_test(client: httpx.Client, new_sandbox: MakeSandbox) -> N
     (failed,) = [c for c in report["cases"] if c["status"] == "failed"]
     assert failed["suite"] == "example.com/app"
     assert failed["message"] == "broken_test.go:5: math is hard: got 2"
-    assert events[-1].data["tests"] == tests_of(report)
+    assert events[-1].data["tests"] == counts_of(report)
     # `go test -json` is shown as the text it carries, never as JSON.
     stdout = text(events, "stdout")
     assert "--- FAIL: TestBroken" in stdout and "=== RUN   TestAdd" in stdout
@@ -316,9 +316,9 @@ def test_a_project_without_tests_gets_a_report_that_says_so(
     events = run_stream(client, sandbox["id"])
     report = one(events, "report")
     assert report["cases"] == [] and report["message"] == "no tests were found"
-    assert tests_of(report) == {"passed": 0, "failed": 0, "skipped": 0, "errors": 0}
+    assert counts_of(report) == {"passed": 0, "failed": 0, "skipped": 0, "errors": 0}
     assert events[-1].data["exit_code"] == 5  # pytest's "no tests collected"
-    assert events[-1].data["tests"] == tests_of(report)
+    assert events[-1].data["tests"] == counts_of(report)
 
 
 @pytest.mark.parametrize(

@@ -292,6 +292,8 @@ class TestSession:
                     self.out.app_output(ev.STDOUT if kind == STDOUT else ev.STDERR, data)
         except PetriError as exc:
             log.info("reading the app of %s: %s", self.execution.id, exc.message)
+        except Exception:  # its output is lost, the run goes on (and stops the app)
+            log.exception("reading the app of %s failed", self.execution.id)
 
     async def _probe(self, started: float, stopping: Callable[[], bool]) -> None:
         """Until the app answers (a `ready` event), exits (`app_exited`), stays silent past

@@ -22,6 +22,7 @@ import ipaddress
 import logging
 import os
 import re
+import stat
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -158,7 +159,10 @@ class EgressProxy:
         if len(os.fsencode(path)) > SOCKET_PATH_MAX:
             raise OSError(errno.ENAMETOOLONG, f"socket path longer than {SOCKET_PATH_MAX} bytes")
         with contextlib.suppress(FileNotFoundError):
-            path.unlink()
+            if stat.S_ISDIR(os.lstat(path).st_mode):
+                path.rmdir()  # Docker makes a missing bind source a directory: never ours
+            else:
+                path.unlink()
         server = await asyncio.start_unix_server(
             functools.partial(self._serve, source), str(path), limit=HEAD_LIMIT
         )

@@ -307,7 +307,7 @@ class ContainerInstaller(Installer):
             network="none",
             # Bounded from inside too: with its gateway gone (even SIGKILLed), the container
             # still ends; `timeout` is PID 1, and when its child dies everything else does.
-            command=["timeout", "-s", "KILL", str(max(1, bound)), "/bin/sh", "-c", script],
+            command=["/usr/bin/timeout", "-s", "KILL", str(max(1, bound)), "/bin/sh", "-c", script],
         )
 
     async def _run(self, spec: ContainerSpec, out: InstallLog, end: float) -> int | None:

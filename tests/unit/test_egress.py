@@ -318,6 +318,10 @@ async def test_socket_belongs_to_the_sandbox_user(folder: Path) -> None:
             assert (info.st_uid, info.st_gid, stat.S_IMODE(info.st_mode)) == (1000, 1000, 0o600)
         with pytest.raises(OSError):
             await proxy.listen("sb-b", folder / ("x" * 120 + ".sock"))
+        # Docker made the path a directory (a bind source missing at a container's create).
+        (folder / "sb-c.sock").mkdir()
+        await proxy.listen("sb-c", folder / "sb-c.sock")
+        assert stat.S_ISSOCK((folder / "sb-c.sock").stat().st_mode)
     finally:
         await proxy.close()
 

@@ -155,7 +155,7 @@ def test_install_and_program_share_the_exec_timeout(world: World, box: Any) -> N
     assert result["install"]["status"] == "installed", result
     assert result["stdout"] == "demo 1.0\n" and result["timed_out"] is True, result
     assert result["status"] == "timed_out" and result["signal"] == "SIGKILL", result
-    assert 9.5 <= took < 15, took
+    assert 9.5 <= took < 18, took
 
 
 def test_kill_during_install_stops_it_at_once(world: World, box: Any) -> None:
@@ -168,7 +168,7 @@ def test_kill_during_install_stops_it_at_once(world: World, box: Any) -> None:
     execution = wait_status(world.client, sid, eid, 15)
     took = time.monotonic() - started
     print(f"\nkill during install: ended after {took:.2f}s")
-    assert took < 5, took
+    assert took < 8, took
     assert execution["status"] == "killed" and execution["exit_code"] == 137, execution
     events = stream_events(world.client, "GET", f"/v1/sandboxes/{sid}/executions/{eid}/events")
     check_sequence(events)
@@ -281,4 +281,4 @@ def test_install_container_ends_itself_when_its_gateway_is_sigkilled(
     lived = time.monotonic() - killed
     print(f"\ninstall container after its gateway was SIGKILLed: stopped {lived:.1f}s later")
     assert install_containers(label, running=True) == [], "the install container still runs"
-    assert lived < 15, lived
+    assert lived < 20, lived

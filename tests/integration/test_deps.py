@@ -456,7 +456,8 @@ def test_install_timeout_sandbox_delete_and_a_removed_socket_dir(
     gw = make_gateway(
         tmp_path / "gw",
         egress_allow=f"127.0.0.1:{slow.port}",
-        install_timeout_seconds="8",  # a real install fits; the slow index (30 s) does not
+        install_timeout_seconds="15",  # a real install fits (even on a busy machine); the
+        # slow index (30 s) does not
         egress_socket_dir=str(sockets),
     )
     gw.start()
@@ -469,10 +470,10 @@ def test_install_timeout_sandbox_delete_and_a_removed_socket_dir(
             client.put(f"/v1/sandboxes/{sid}/files/requirements.txt", content=b"x\n")
             started = time.monotonic()
             result = client.post(f"/v1/sandboxes/{sid}/exec", json={"command": "true"})
-            assert time.monotonic() - started < 20
+            assert time.monotonic() - started < 40
             body = result.json()
             assert body["error"]["code"] == "install_failed" and body["timed_out"] is True
-            assert "timed out (PETRI_INSTALL_TIMEOUT_SECONDS=8)" in body["install"]["log"]
+            assert "timed out (PETRI_INSTALL_TIMEOUT_SECONDS=15)" in body["install"]["log"]
             left = subprocess.run(
                 [*("docker", "ps", "-aq", "--filter", f"label=petri.sandbox={sid}"), *INSTALLS],
                 capture_output=True,
@@ -487,13 +488,11 @@ def test_install_timeout_sandbox_delete_and_a_removed_socket_dir(
             client.put(f"/v1/sandboxes/{sid}/files/requirements.txt", content=b"x\n")
             client.post(f"/v1/sandboxes/{sid}/exec", json={"command": "true", "wait": False})
             filters = ["--filter", f"label=petri.sandbox={sid}", *INSTALLS]
-            deadline = time.monotonic() + 20
-            while (
-                time.monotonic() < deadline
-                and not subprocess.run(
-                    ["docker", "ps", "-q", *filters], capture_output=True, text=True, check=True
-                ).stdout.split()
-            ):
+            deadline = time.monotonic() + 60
+            while not subprocess.run(
+                ["docker", "ps", "-q", *filters], capture_output=True, text=True, check=True
+            ).stdout.split():
+                assert time.monotonic() < deadline, "the install container never started"
                 time.sleep(0.1)
             assert [p.name for p in sockets.iterdir()] == [f"{sid}.sock"]
             assert client.delete(f"/v1/sandboxes/{sid}").status_code == 204
@@ -510,7 +509,7 @@ def test_install_timeout_sandbox_delete_and_a_removed_socket_dir(
             client.put(f"/v1/sandboxes/{sid}/files/requirements.txt", content=b"petri-demo-pkg\n")
             code = {"code": "import petri_demo_pkg\nprint(petri_demo_pkg.VALUE)\n"}
             result = client.post(f"/v1/sandboxes/{sid}/exec", json=code).json()
-            assert result["install"]["status"] == "installed", result
+            assert result["install"]["status"] == "installed", result["install"]["log"]
             assert result["stdout"] == "ok\n"
     finally:
         gw.stop()

@@ -44,7 +44,6 @@ class Sandboxes:
         self.instance = instance_id(settings.data_dir)
         self.labels = {"petri.managed": "1", "petri.instance": self.instance}
         self._locks: dict[str, asyncio.Lock] = {}
-        self._starts = asyncio.Semaphore(settings.max_concurrent_starts)
         self.runs = Runs(
             settings, registry, runner, workspaces, self.installer, self._ensure_container
         )
@@ -217,9 +216,8 @@ class Sandboxes:
             binds=[f"{self.workspaces.get(sandbox.id).root}:/sandbox:rw"],
             env={**runtime.env, **sandbox.env},
         )
-        async with self._starts:
-            await self.runner.remove_container(spec.name)
-            container_id = await self.runner.start_container(spec)
+        await self.runner.remove_container(spec.name)
+        container_id = await self.runner.start_container(spec)  # within the runner's slots
         sandbox.container_id = container_id
         self.registry.put_sandbox(sandbox)
         self.runs.new_container(sandbox.id)

@@ -10,11 +10,12 @@ import asyncio
 import contextlib
 import json
 import logging
+import re
 import tempfile
 from collections.abc import AsyncIterator, Iterator
 from typing import Any, BinaryIO
 
-from sse_starlette import EventSourceResponse
+from sse_starlette import EventSourceResponse, ServerSentEvent
 from starlette.applications import Starlette
 from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException
@@ -27,7 +28,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from . import openapi
 from .config import Settings
 from .errors import BadRequest, PetriError, TooLarge, UnsupportedMediaType
-from .events import Event
+from .events import Event, keepalive
 from .models import CreateSandbox, ExecBody, iso, parse
 from .runs import Run
 from .sandboxes import Sandboxes
@@ -286,15 +287,24 @@ def _follow(sandboxes: Sandboxes, run: Run, after: int) -> AsyncIterator[Event]:
     return sandboxes.follow(run.execution.sandbox_id, run.execution.id, after)
 
 
+class _KeepAlive(ServerSentEvent):
+    """sse-starlette's ping, encoded as `events.keepalive()` (a comment line with no blank line
+    after it). Its own ping ends with a blank line, which httpx-sse turns into an event."""
+
+    def encode(self) -> bytes:
+        return keepalive()
+
+
 def _sse(request: Request, events: AsyncIterator[Event], headers: dict[str, str]) -> Response:
     async def body() -> AsyncIterator[bytes]:
         async for event in events:
-            yield event.sse()
+            yield event.sse()  # one whole event per send: a keep-alive lands between events
 
     settings: Settings = _gateway(request).settings
     return EventSourceResponse(
         body(),
         ping=settings.keepalive_seconds,
+        ping_message_factory=_KeepAlive,
         sep="\n",
         headers={**headers, "Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
     )

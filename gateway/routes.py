@@ -109,15 +109,40 @@ def _check_depth(value: Any, depth: int) -> None:
             _check_depth(item, depth + 1)
 
 
+# Event ids and other counters are SQLite integers: a larger number is refused, never clamped.
+MAX_INT = 2**63 - 1
+_ASCII_INT = re.compile(r"[0-9]{1,19}")
+
+
+def _strict_int(raw: str, low: int, high: int) -> int | None:
+    """`raw` as an integer in low..high, or None. ASCII digits only: `str.isdigit` also takes
+    superscripts, and `int` other scripts' digits, signs, spaces and underscores."""
+    if _ASCII_INT.fullmatch(raw) is None:
+        return None
+    value = int(raw)
+    return value if low <= value <= high else None
+
+
 def _int_param(request: Request, name: str, default: int, low: int, high: int) -> int:
     raw = request.query_params.get(name)
     if raw is None:
         return default
-    if not raw.isdigit() or not low <= int(raw) <= high:
+    value = _strict_int(raw, low, high)
+    if value is None:
         raise BadRequest(
             f"query parameter {name} must be an integer in {low}..{high}", code="invalid_query"
         )
-    return int(raw)
+    return value
+
+
+def _int_header(request: Request, name: str, low: int, high: int) -> int | None:
+    raw = request.headers.get(name)
+    if raw is None:
+        return None
+    value = _strict_int(raw, low, high)
+    if value is None:
+        raise BadRequest(f"{name} must be an integer in {low}..{high}", code="invalid_header")
+    return value
 
 
 def _gateway(request: Request) -> Sandboxes:
@@ -328,15 +353,9 @@ async def get_execution(request: Request) -> Response:
 async def execution_events(request: Request) -> Response:
     sandboxes = _gateway(request)
     sid, eid = request.path_params["sid"], request.path_params["eid"]
-    header = request.headers.get("last-event-id")
-    if header is not None:
-        if not header.strip().isdigit():
-            raise BadRequest(
-                "Last-Event-ID must be an event id (an integer)", code="invalid_header"
-            )
-        after = int(header.strip())
-    else:
-        after = _int_param(request, "after", 0, 0, 2**62)
+    after = _int_header(request, "Last-Event-ID", 0, MAX_INT)
+    if after is None:
+        after = _int_param(request, "after", 0, 0, MAX_INT)
     events = sandboxes.follow(sid, eid, after)
     return _sse(request, events, {"X-Execution-Id": eid})
 

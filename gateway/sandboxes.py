@@ -49,6 +49,7 @@ class Sandboxes:
             settings, registry, runner, workspaces, self.installer, self._ensure_container
         )
         self._closing = False
+        self._creating: set[str] = set()  # sandboxes being created, not yet in the registry
 
     # --- lifecycle of the gateway ------------------------------------------------------------
 
@@ -120,10 +121,6 @@ class Sandboxes:
             raise Invalid(
                 f"unknown language {body.language[:32]!r}; one of: {known}", code="unknown_language"
             )
-        if self.registry.count_sandboxes() >= s.max_sandboxes:
-            raise OverLimit(
-                f"at most {s.max_sandboxes} sandboxes may exist", code="too_many_sandboxes"
-            )
         ttl = body.ttl_seconds or s.default_ttl_seconds
         if ttl > s.max_ttl_seconds:
             raise Invalid(f"ttl_seconds may be at most {s.max_ttl_seconds}", code="limit_too_high")
@@ -139,8 +136,22 @@ class Sandboxes:
             limits,
             dict(body.env or {}),
         )
-        await self.workspaces.create(sandbox.id, limits.disk_mb)
-        self.registry.put_sandbox(sandbox)
+        # The slot is taken before the first await: creates in flight count against the cap
+        # until their row exists, so a burst cannot overshoot it.
+        if self.registry.count_sandboxes() + len(self._creating) >= s.max_sandboxes:
+            raise OverLimit(
+                f"at most {s.max_sandboxes} sandboxes may exist", code="too_many_sandboxes"
+            )
+        self._creating.add(sandbox.id)
+        try:
+            await self.workspaces.create(sandbox.id, limits.disk_mb)
+            self.registry.put_sandbox(sandbox)
+        except BaseException:
+            self._creating.discard(sandbox.id)
+            with contextlib.suppress(Exception):
+                await self.workspaces.remove(sandbox.id)
+            raise
+        self._creating.discard(sandbox.id)  # counted by the registry from here on
         try:
             await self._start_container(sandbox)
         except BaseException:

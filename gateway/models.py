@@ -90,6 +90,11 @@ class Execution:
     error_code: str | None = None
 
     @property
+    def killed(self) -> bool:
+        """Ended by `POST .../kill` (the `killed` of its `exit` event)."""
+        return self.status == "killed"
+
+    @property
     def duration_ms(self) -> int | None:
         if self.ended_at is None:
             return None
@@ -109,6 +114,7 @@ class Execution:
             "timed_out": self.timed_out,
             "truncated": self.truncated,
             "oom_killed": self.oom_killed,
+            "killed": self.killed,
             "error_code": self.error_code,
         }
 

@@ -37,7 +37,7 @@ from .service import open_gateway
 log = logging.getLogger("petri.routes")
 MAX_JSON_DEPTH = 32
 UPLOAD_PATHS = ("/files", "/upload")
-JSON_TYPES = ("application/json", "", "application/x-www-form-urlencoded", "text/plain")
+FORM_TYPE = "application/x-www-form-urlencoded"
 
 
 # --- errors, in one place ---------------------------------------------------------------------
@@ -68,10 +68,29 @@ async def _error_response(request: Request, exc: Exception) -> Response:
 
 
 async def _json(request: Request) -> Any:
-    ctype = request.headers.get("content-type", "application/json").split(";")[0].strip()
-    # curl's `-d` sends application/x-www-form-urlencoded: `curl -d '{...}'` just works.
-    if ctype not in JSON_TYPES and not ctype.endswith("+json"):
-        raise UnsupportedMediaType(f"send JSON (Content-Type: application/json), not {ctype[:60]}")
+    """The body as JSON. Accepted: `application/json`, any `application/...+json`, and
+    `application/x-www-form-urlencoded` holding JSON (what `curl -d '{...}'` sends), the last
+    not from a web page of a foreign origin (browsers send it cross-site without a CORS
+    preflight). Anything else is 415, an empty body without a Content-Type is `{}`."""
+    header = request.headers.get("content-type")
+    if header is None:
+        raw = await request.body()
+        if raw.strip():
+            raise UnsupportedMediaType("send JSON with Content-Type: application/json")
+        return {}
+    ctype = header.split(";")[0].strip().lower()
+    json_type = ctype == "application/json" or (
+        ctype.startswith("application/") and ctype.endswith("+json")
+    )
+    if not json_type and ctype != FORM_TYPE:
+        raise UnsupportedMediaType(
+            f"send JSON (Content-Type: application/json), not {ctype[:60] or 'nothing'}"
+        )
+    if ctype == FORM_TYPE and _foreign_origin(request):
+        raise UnsupportedMediaType(
+            "a form post from a web page of another origin: send application/json",
+            code="cross_origin_form",
+        )
     raw = await request.body()
     if not raw.strip():
         return {}
@@ -92,6 +111,16 @@ async def _json(request: Request) -> Any:
         raise BadRequest(f"malformed JSON: {str(exc)[:120]}", code="malformed_json") from None
     _check_depth(data, 0)
     return data
+
+
+def _foreign_origin(request: Request) -> bool:
+    origin = request.headers.get("origin")
+    if origin is None:  # not a browser (curl, SDKs), or a same-origin GET
+        return False
+    settings: Settings = request.app.state.settings
+    allowed = {o.strip() for o in settings.cors_origins.split(",") if o.strip()}
+    own = f"{request.url.scheme}://{request.headers.get('host', '')}"
+    return not ("*" in allowed or origin in allowed or origin == own)
 
 
 def _no_constant(name: str) -> Any:

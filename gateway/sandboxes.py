@@ -266,7 +266,7 @@ class Sandboxes:
                 return Run(done, self._finished_log(done))
         runtime = self.runtimes[sandbox.language]
         execution_id = f"ex-{secrets.token_hex(8)}"
-        argv = self._argv(sandbox, runtime, body, execution_id)
+        # Everything is checked before anything is written: a refused exec changes nothing.
         timeout = body.timeout_seconds or self.settings.exec_timeout_seconds
         if max(timeout, body.idle_timeout_seconds or 0) > self.settings.max_exec_timeout_seconds:
             raise Invalid(
@@ -274,6 +274,7 @@ class Sandboxes:
                 f"{self.settings.max_exec_timeout_seconds}",
                 code="limit_too_high",
             )
+        argv = self._argv(sandbox, runtime, body, execution_id)  # the last check; writes `code`
         execution = Execution(
             execution_id, sandbox.id, argv, test=body.test, idempotency_key=idempotency_key
         )
@@ -295,7 +296,13 @@ class Sandboxes:
             return ["/bin/bash", "-c", body.command]
         if body.code is not None:
             path = f"{CODE_DIR}/{eid}/{runtime.source_file}"
-            self.workspaces.get(sandbox.id).write(path, body.code.encode(), len(body.code) * 4 + 1)
+            workspace = self.workspaces.get(sandbox.id)
+            try:
+                workspace.write(path, body.code.encode(), len(body.code) * 4 + 1)
+            except BaseException:  # e.g. the quota is full: leave no empty folder behind
+                with contextlib.suppress(PetriError):
+                    workspace.delete(f"{CODE_DIR}/{eid}")
+                raise
             return runtime.run_argv(path)
         if body.filename is not None:
             path = "/".join(clean_path(body.filename))
@@ -378,6 +385,7 @@ class Sandboxes:
             "timed_out": execution.timed_out,
             "truncated": execution.truncated,
             "oom_killed": execution.oom_killed,
+            "killed": execution.killed,
         }
         inst = run.install.public() if run.install else {"status": "skipped", "packages": []}
         inst["log"] = "".join(install)

@@ -1,7 +1,9 @@
-"""Small typed records of the domain, and the strict request bodies of the API.
+"""Small typed records of the domain, the strict request bodies of the API, and models of
+its response bodies and event data.
 
 Request bodies are pydantic models (the one importer of pydantic): unknown fields and wrong
-types are rejected, and the same models give `/openapi.json` its schemas.
+types are rejected, and the same models give `/openapi.json` its schemas. Response and event
+models only document (handlers build dicts); tests hold real responses to them.
 """
 
 from __future__ import annotations

@@ -133,7 +133,9 @@ class Sandbox:
         """Run and wait: `{exit_code, stdout, stderr, install, ...}`. Waits as long as the run
         may take: `timeout_seconds` (and `idle_timeout_seconds`) plus the client's margin."""
         seconds = body.get("timeout_seconds")
-        read = None if seconds is None else float(seconds) + self.petri.wait_margin
+        read = None
+        if isinstance(seconds, int | float) and not isinstance(seconds, bool):
+            read = float(seconds) + self.petri.wait_margin
         timeout = httpx.Timeout(self.petri.timeout, read=read)
         r = self.petri.http.post(f"{self.url}/exec", json=body, timeout=timeout)
         result: dict[str, Any] = _check(r).json()

@@ -130,7 +130,9 @@ class Settings:
     zip_max_bytes: int = field(
         default=512 * 1024 * 1024, metadata=_meta("most bytes a zip may expand to")
     )
-    max_sandboxes: int = field(default=100, metadata=_meta("most live sandboxes; more is 429"))
+    max_sandboxes: int = field(
+        default=100, metadata=_meta("most live sandboxes; more is 429 (creates in flight count)")
+    )
     max_concurrent_starts: int = field(
         default=4, metadata=_meta("containers being created and started at once; others queue")
     )
@@ -143,6 +145,10 @@ class Settings:
     )
     keepalive_seconds: float = field(
         default=15.0, metadata=_meta("SSE keep-alive comment interval")
+    )
+    header_timeout_seconds: float = field(
+        default=10.0,
+        metadata=_meta("seconds a client has to send a request's line and headers; then closed"),
     )
     reaper_interval_seconds: float = field(
         default=60.0, metadata=_meta("how often expired sandboxes are removed")
@@ -189,6 +195,7 @@ class Settings:
             "max_concurrent_installs",
             "egress_port",
             "keepalive_seconds",
+            "header_timeout_seconds",
             "reaper_interval_seconds",
             "output_budget_bytes",
             "max_body_bytes",

@@ -10,11 +10,12 @@ import asyncio
 import contextlib
 import json
 import logging
+import re
 import tempfile
 from collections.abc import AsyncIterator, Iterator
 from typing import Any, BinaryIO
 
-from sse_starlette import EventSourceResponse
+from sse_starlette import EventSourceResponse, ServerSentEvent
 from starlette.applications import Starlette
 from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException
@@ -27,7 +28,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from . import openapi
 from .config import Settings
 from .errors import BadRequest, PetriError, TooLarge, UnsupportedMediaType
-from .events import Event
+from .events import Event, keepalive
 from .models import CreateSandbox, ExecBody, iso, parse
 from .runs import Run
 from .sandboxes import Sandboxes
@@ -36,7 +37,7 @@ from .service import open_gateway
 log = logging.getLogger("petri.routes")
 MAX_JSON_DEPTH = 32
 UPLOAD_PATHS = ("/files", "/upload")
-JSON_TYPES = ("application/json", "", "application/x-www-form-urlencoded", "text/plain")
+FORM_TYPE = "application/x-www-form-urlencoded"
 
 
 # --- errors, in one place ---------------------------------------------------------------------
@@ -67,10 +68,29 @@ async def _error_response(request: Request, exc: Exception) -> Response:
 
 
 async def _json(request: Request) -> Any:
-    ctype = request.headers.get("content-type", "application/json").split(";")[0].strip()
-    # curl's `-d` sends application/x-www-form-urlencoded: `curl -d '{...}'` just works.
-    if ctype not in JSON_TYPES and not ctype.endswith("+json"):
-        raise UnsupportedMediaType(f"send JSON (Content-Type: application/json), not {ctype[:60]}")
+    """The body as JSON. Accepted: `application/json`, any `application/...+json`, and
+    `application/x-www-form-urlencoded` holding JSON (what `curl -d '{...}'` sends), the last
+    not from a web page of a foreign origin (browsers send it cross-site without a CORS
+    preflight). Anything else is 415, an empty body without a Content-Type is `{}`."""
+    header = request.headers.get("content-type")
+    if header is None:
+        raw = await request.body()
+        if raw.strip():
+            raise UnsupportedMediaType("send JSON with Content-Type: application/json")
+        return {}
+    ctype = header.split(";")[0].strip().lower()
+    json_type = ctype == "application/json" or (
+        ctype.startswith("application/") and ctype.endswith("+json")
+    )
+    if not json_type and ctype != FORM_TYPE:
+        raise UnsupportedMediaType(
+            f"send JSON (Content-Type: application/json), not {ctype[:60] or 'nothing'}"
+        )
+    if ctype == FORM_TYPE and _foreign_origin(request):
+        raise UnsupportedMediaType(
+            "a form post from a web page of another origin: send application/json",
+            code="cross_origin_form",
+        )
     raw = await request.body()
     if not raw.strip():
         return {}
@@ -93,6 +113,16 @@ async def _json(request: Request) -> Any:
     return data
 
 
+def _foreign_origin(request: Request) -> bool:
+    origin = request.headers.get("origin")
+    if origin is None:  # not a browser (curl, SDKs), or a same-origin GET
+        return False
+    settings: Settings = request.app.state.settings
+    allowed = {o.strip() for o in settings.cors_origins.split(",") if o.strip()}
+    own = f"{request.url.scheme}://{request.headers.get('host', '')}"
+    return not ("*" in allowed or origin in allowed or origin == own)
+
+
 def _no_constant(name: str) -> Any:
     raise ValueError(f"{name} is not JSON")
 
@@ -108,15 +138,40 @@ def _check_depth(value: Any, depth: int) -> None:
             _check_depth(item, depth + 1)
 
 
+# Event ids and other counters are SQLite integers: a larger number is refused, never clamped.
+MAX_INT = 2**63 - 1
+_ASCII_INT = re.compile(r"[0-9]{1,19}")
+
+
+def _strict_int(raw: str, low: int, high: int) -> int | None:
+    """`raw` as an integer in low..high, or None. ASCII digits only: `str.isdigit` also takes
+    superscripts, and `int` other scripts' digits, signs, spaces and underscores."""
+    if _ASCII_INT.fullmatch(raw) is None:
+        return None
+    value = int(raw)
+    return value if low <= value <= high else None
+
+
 def _int_param(request: Request, name: str, default: int, low: int, high: int) -> int:
     raw = request.query_params.get(name)
     if raw is None:
         return default
-    if not raw.isdigit() or not low <= int(raw) <= high:
+    value = _strict_int(raw, low, high)
+    if value is None:
         raise BadRequest(
             f"query parameter {name} must be an integer in {low}..{high}", code="invalid_query"
         )
-    return int(raw)
+    return value
+
+
+def _int_header(request: Request, name: str, low: int, high: int) -> int | None:
+    raw = request.headers.get(name)
+    if raw is None:
+        return None
+    value = _strict_int(raw, low, high)
+    if value is None:
+        raise BadRequest(f"{name} must be an integer in {low}..{high}", code="invalid_header")
+    return value
 
 
 def _gateway(request: Request) -> Sandboxes:
@@ -286,15 +341,24 @@ def _follow(sandboxes: Sandboxes, run: Run, after: int) -> AsyncIterator[Event]:
     return sandboxes.follow(run.execution.sandbox_id, run.execution.id, after)
 
 
+class _KeepAlive(ServerSentEvent):
+    """sse-starlette's ping, encoded as `events.keepalive()` (a comment line with no blank line
+    after it). Its own ping ends with a blank line, which httpx-sse turns into an event."""
+
+    def encode(self) -> bytes:
+        return keepalive()
+
+
 def _sse(request: Request, events: AsyncIterator[Event], headers: dict[str, str]) -> Response:
     async def body() -> AsyncIterator[bytes]:
         async for event in events:
-            yield event.sse()
+            yield event.sse()  # one whole event per send: a keep-alive lands between events
 
     settings: Settings = _gateway(request).settings
     return EventSourceResponse(
         body(),
         ping=settings.keepalive_seconds,
+        ping_message_factory=_KeepAlive,
         sep="\n",
         headers={**headers, "Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
     )
@@ -318,15 +382,9 @@ async def get_execution(request: Request) -> Response:
 async def execution_events(request: Request) -> Response:
     sandboxes = _gateway(request)
     sid, eid = request.path_params["sid"], request.path_params["eid"]
-    header = request.headers.get("last-event-id")
-    if header is not None:
-        if not header.strip().isdigit():
-            raise BadRequest(
-                "Last-Event-ID must be an event id (an integer)", code="invalid_header"
-            )
-        after = int(header.strip())
-    else:
-        after = _int_param(request, "after", 0, 0, 2**62)
+    after = _int_header(request, "Last-Event-ID", 0, MAX_INT)
+    if after is None:
+        after = _int_param(request, "after", 0, 0, MAX_INT)
     events = sandboxes.follow(sid, eid, after)
     return _sse(request, events, {"X-Execution-Id": eid})
 

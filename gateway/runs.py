@@ -173,6 +173,7 @@ class Runs:
                 "truncated": out.budget.truncated,
                 "oom_killed": oom,
                 "idle": run.idle,
+                "killed": run.killed,  # by `POST .../kill` (status `killed`), not the kernel
             }
             if exit_code != 0:
                 tail = run.stderr_tail.decode("utf-8", "replace")
@@ -372,5 +373,6 @@ def _killed_at_once() -> dict[str, Any]:
         "truncated": False,
         "oom_killed": False,
         "idle": False,
+        "killed": True,
         "signal": "SIGKILL",
     }

@@ -12,6 +12,7 @@ from typing import Any
 import httpx
 import pytest
 
+from gateway.registry import instance_id
 from petri_sdk import Petri
 from tests.conftest import Gateway, container_ids
 from tests.sse import check_sequence, parse_wire, stream_events
@@ -30,7 +31,8 @@ def _state(gateway: Gateway, client: httpx.Client) -> tuple[Any, ...]:
     listed = client.get("/v1/sandboxes", params={"limit": 500}).json()["sandboxes"]
     folders = sorted(p.name for p in gateway.workspace_root.iterdir() if p.name != ".images")
     images = sorted(p.name for p in (gateway.workspace_root / ".images").glob("*"))
-    return sorted(s["id"] for s in listed), folders, images, len(container_ids("petri.managed=1"))
+    mine = container_ids(f"petri.instance={instance_id(gateway.data_dir)}")
+    return sorted(s["id"] for s in listed), folders, images, len(mine)
 
 
 # --- which bodies are JSON ------------------------------------------------------------------

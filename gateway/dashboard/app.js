@@ -304,6 +304,14 @@ function fillExample() {
   const source = $("source");
   if (source.value === "" || source.value === example) source.value = next;
   example = next;
+  fitSource();
+}
+
+/** The run box grows with its text (6 to 18 rows), so short programs show whole. */
+function fitSource() {
+  const source = $("source");
+  const lines = source.value.split("\n").length;
+  source.rows = Math.min(18, Math.max(6, lines + 1));
 }
 
 async function run(event) {
@@ -390,6 +398,7 @@ function start() {
       $("run-form").requestSubmit();
     }
   });
+  $("source").addEventListener("input", fitSource);
   for (const radio of document.querySelectorAll("input[name=mode]")) {
     radio.addEventListener("change", fillExample);
   }

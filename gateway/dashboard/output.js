@@ -152,9 +152,9 @@ export class RunView {
     this.root.replaceChildren(
       el("div", { class: "run-head" }, this.head.badge, this.head.command, this.head.meta,
         el("span", { class: "spacer" }), this.head.conn, kill),
-      el("p", { class: "legend muted" }, el("span", { class: "stdout" }, "stdout"), " ",
-        el("span", { class: "stderr" }, "stderr"), " ", el("span", { class: "install" }, "install"),
-        " ", el("span", { class: "note" }, "gateway note")),
+      el("p", { class: "legend muted" }, "Streams:", el("span", { class: "stdout" }, "stdout"),
+        el("span", { class: "stderr" }, "stderr"), el("span", { class: "install" }, "install"),
+        el("span", { class: "note" }, "gateway note")),
       this.installBox, this.appBox,
       el("div", { class: "output-wrap" }, output, jump),
       this.notes, this.reportBox, this.end);

@@ -123,7 +123,8 @@ def test_the_dashboard_is_served_from_the_package_with_a_strict_policy(gateway: 
             assert r.status_code == 200, asset.name
             assert r.content == asset.read_bytes()
             assert r.headers["content-security-policy"] == csp
-            own = r.content.replace(b'xmlns="http://www.w3.org/2000/svg"', b"")  # a name, not a load
+            # The SVG namespace is a name, not something loaded.
+            own = r.content.replace(b'xmlns="http://www.w3.org/2000/svg"', b"")
             assert not re.search(rb"https?://|//[a-z]", own), f"{asset.name} loads from elsewhere"
             again = c.get(f"/dashboard/{asset.name}", headers={"If-None-Match": r.headers["etag"]})
             assert again.status_code == 304 and again.content == b""
@@ -483,7 +484,10 @@ def test_ten_thousand_lines_render_fast_without_a_node_per_line(
     }"""
     )
     # One write per line, as it happens: the gateway sends them in as many events as it reads.
-    code = "import sys, time\nfor i in range(10000):\n    sys.stdout.write(f'line {i:05d}\\n')\n" + pace
+    code = (
+        "import sys, time\nfor i in range(10000):\n    sys.stdout.write(f'line {i:05d}\\n')\n"
+        + pace
+    )
     started = time.monotonic()
     run_code(page, code)
     page.wait_for_function(

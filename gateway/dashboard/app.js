@@ -26,36 +26,24 @@ const state = {
 // --- errors and the gateway's reachability ---------------------------------------------------
 
 function showError(message) {
-  const banner = $("banner");
-  banner.dataset.kind = "error";
-  banner.replaceChildren(el("span", {}, message), dismissButton());
-  banner.hidden = false;
-}
-
-function dismissButton() {
-  const b = el("button", { type: "button", class: "small", "aria-label": "Dismiss" }, "Dismiss");
-  b.addEventListener("click", () => { $("banner").hidden = true; });
-  return b;
+  const dismiss = el("button", { type: "button", class: "small" }, "Dismiss");
+  dismiss.addEventListener("click", () => { $("error").hidden = true; });
+  $("error").replaceChildren(el("span", {}, message), dismiss);
+  $("error").hidden = false;
 }
 
 onReachability((ok, error) => {
   const pill = $("gateway-state");
-  const banner = $("banner");
-  if (ok) {
-    pill.dataset.state = "connected";
-    pill.textContent = "connected";
-    if (banner.dataset.kind === "offline") banner.hidden = true;
-    return;
+  pill.dataset.state = ok ? "connected" : "offline";
+  pill.textContent = ok ? "connected" : "offline";
+  $("offline").hidden = ok;
+  if (!ok) {
+    $("offline").textContent = `Cannot reach the gateway at ${location.origin}: ${error.message} `
+      + `Retrying every ${POLL_MS / 1000} s.`;
   }
-  pill.dataset.state = "offline";
-  pill.textContent = "offline";
-  banner.dataset.kind = "offline";
-  banner.replaceChildren(el("span", {},
-    `Cannot reach the gateway at ${location.origin}: ${error.message} Retrying every ${POLL_MS / 1000} s.`));
-  banner.hidden = false;
 });
 
-/** Run an action; show its error in the banner. */
+/** Run an action; show its error under the header. */
 async function attempt(what, fn) {
   try {
     return await fn();

@@ -634,15 +634,23 @@ def test_a_gateway_that_goes_away_shows_an_error(browser: Browser) -> None:
         p.set_default_timeout(30_000)
         try:
             open_sandbox(p, gw.url, sid)
-            expect(p.locator("#banner")).to_be_hidden()
+            expect(p.locator("#offline")).to_be_hidden()
             run_code(p, "import time\nwhile True:\n    print('still here')\n    time.sleep(0.2)\n")
             expect(p.locator("#output")).to_contain_text("still here")
             gw.stop()
             expect(p.locator("#gateway-state")).to_have_attribute("data-state", "offline")
-            expect(p.locator("#banner")).to_be_visible()
-            expect(p.locator("#banner")).to_contain_text("Cannot reach the gateway")
+            expect(p.locator("#offline")).to_be_visible()
+            expect(p.locator("#offline")).to_contain_text("Cannot reach the gateway")
             expect(p.locator("#run-conn")).not_to_have_attribute("data-state", "live")
             p.click("#create")
-            expect(p.locator("#banner")).to_contain_text("Creating a sandbox failed")
+            expect(p.locator("#error")).to_contain_text("Creating a sandbox failed")
+            expect(p.locator("#offline")).to_be_visible()
+            # Back again: the page notices by itself; the run it followed ended as the gateway
+            # recorded it (interrupted by the shutdown).
+            gw.start()
+            expect(p.locator("#gateway-state")).to_have_attribute("data-state", "connected")
+            expect(p.locator("#offline")).to_be_hidden()
+            expect(p.locator("#run-end")).to_contain_text("interrupted")
+            expect(p.locator("#run-badge")).to_have_text(re.compile("failed|interrupted"))
         finally:
             context.close()

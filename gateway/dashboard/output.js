@@ -10,6 +10,15 @@ const TYPES = ["start", "install", "stdout", "stderr", "truncated", "app", "read
 const BLOCK_CHARS = 32 * 1024; // a block is cut after a newline once it holds this much
 const MAX_BLOCK_CHARS = 8 * BLOCK_CHARS; // ... or anywhere, for one endless line
 const MAX_CASES = 2000;
+// At most this much text is laid out per frame: a flood is shown over several frames while
+// the page keeps answering, instead of in one frame that freezes it.
+const FRAME_CHARS = 128 * 1024;
+
+/** `n`, or `n - 1` where cutting at `n` would split a UTF-16 surrogate pair. */
+function safeCut(text, n) {
+  const c = text.charCodeAt(n - 1);
+  return n > 1 && c >= 0xd800 && c <= 0xdbff ? n - 1 : n;
+}
 
 /**
  * A scrolling pane of output. Text waits in `pending` until the next frame, then consecutive
@@ -40,28 +49,42 @@ class Pane {
     if (text) this.pending.push([kind, text]);
   }
 
+  /** Show what is pending, at most FRAME_CHARS of it; true when some is left for later. */
   flush() {
     const pending = this.pending;
-    if (!pending.length) return;
-    this.pending = [];
-    let [kind, text] = pending[0];
-    for (let i = 1; i < pending.length; i++) {
-      if (pending[i][0] === kind) {
-        text += pending[i][1];
+    if (!pending.length) return false;
+    let budget = FRAME_CHARS;
+    let taken = 0;
+    let kind = pending[0][0];
+    let text = "";
+    while (taken < pending.length && budget > 0) {
+      let [k, t] = pending[taken];
+      if (t.length > budget) { // split the chunk: the rest waits for the next frame
+        const cut = safeCut(t, budget);
+        pending[taken] = [k, t.slice(cut)];
+        t = t.slice(0, cut);
       } else {
-        this.append(kind, text);
-        [kind, text] = pending[i];
+        taken++;
       }
+      budget -= t.length;
+      if (k !== kind) {
+        this.append(kind, text);
+        kind = k;
+        text = "";
+      }
+      text += t;
     }
     this.append(kind, text);
+    this.pending = pending.slice(taken);
     this.seal();
     if (this.stick) this.node.scrollTop = this.node.scrollHeight;
+    return this.pending.length > 0;
   }
 
   append(kind, text) {
     // A big chunk is spread over blocks, cut after a newline where there is one.
     while (text.length > BLOCK_CHARS) {
-      const cut = text.lastIndexOf("\n", BLOCK_CHARS - 1) + 1 || BLOCK_CHARS;
+      const cut = text.lastIndexOf("\n", BLOCK_CHARS - 1) + 1 || safeCut(text, BLOCK_CHARS);
       this.appendToBlock(kind, text.slice(0, cut));
       text = text.slice(cut);
     }
@@ -117,6 +140,7 @@ export class RunView {
     this.es = null;
     this.timer = null;
     this.frame = 0;
+    this.drained = null; // what to do once all pending output is shown
     this.startedAt = null;
     this.build();
     this.load();
@@ -295,9 +319,13 @@ export class RunView {
   render() {
     this.frame = 0;
     this.head.conn.dataset.lastId = String(this.lastId);
-    this.out.flush();
-    this.install.flush();
-    this.app.flush();
+    const more = [this.out.flush(), this.install.flush(), this.app.flush()];
+    if (more.some(Boolean)) {
+      this.schedule();
+    } else if (this.drained) {
+      this.drained();
+      this.drained = null;
+    }
     if (this.install.lines) this.installCount.textContent = `(${this.install.lines} lines)`;
   }
 
@@ -342,6 +370,11 @@ export class RunView {
     this.ended = true;
     this.es?.close();
     this.head.kill.disabled = true;
+    // Said once the output before it is on screen (a flood takes a few frames to show).
+    this.drained = () => this.showEnd(type, data);
+  }
+
+  showEnd(type, data) {
     this.setConn("ended");
     if (type === "error") {
       this.head.badge.className = "badge bad";

@@ -396,6 +396,8 @@ def test_every_event_type_is_rendered_in_its_place(
         ("app", {"stream": "stderr", "text": "app warning\n"}),
         ("ready", {"port": 5000, "after_ms": 120}),
         ("stdout", {"text": "collected 3 items\n"}),
+        ("truncated", {"budget_bytes": 8, "message": "output budget reached"}),
+        ("stdout", {"text": "the tail\n"}),
         ("surprise", {"text": "a type this page does not know"}),
         ("report", {"runner": "pytest", "passed": 1, "failed": 1, "skipped": 1, "errors": 0,
                     "duration_ms": 8, "cases": cases}),
@@ -407,7 +409,7 @@ def test_every_event_type_is_rendered_in_its_place(
     for n, (kind, data) in enumerate(events, 1):
         frame = f"id: {n}\nevent: {kind}\ndata: {json.dumps(data)}\n\n"
         body += frame
-        if kind == "stdout":
+        if data.get("text") == "collected 3 items\n":
             body += ": keep-alive\n\n" + frame  # replayed with the same id: shown once
             body += 'data: {"text": "an unnamed event"}\n\n'
     page.route(
@@ -418,7 +420,8 @@ def test_every_event_type_is_rendered_in_its_place(
     )
     page.goto(f"{gateway.url}/#/sandboxes/{sid}/executions/{eid}")
     wait_ended(page)
-    assert output(page) == "collected 3 items\n"
+    assert output(page, "#output .stdout") == "collected 3 items\nthe tail\n"
+    assert output(page, "#output .note") == "\n[output budget reached]\n"
     install = page.locator("#install")
     expect(install).to_be_visible()
     assert install.evaluate("d => d.open") is False  # folded away until asked for
@@ -484,15 +487,16 @@ def test_ten_thousand_lines_render_fast_without_a_node_per_line(
     }"""
     )
     # One write per line, as it happens: the gateway sends them in as many events as it reads.
+    # 32 characters a line: 320K in all, more than the page lays out in one frame.
     code = (
-        "import sys, time\nfor i in range(10000):\n    sys.stdout.write(f'line {i:05d}\\n')\n"
-        + pace
+        "import sys, time\nfor i in range(10000):\n"
+        "    sys.stdout.write(f'line {i:05d} ' + '.' * 20 + '\\n')\n" + pace
     )
     started = time.monotonic()
     run_code(page, code)
     page.wait_for_function(
         "() => document.querySelector('#output')?.lastElementChild?.textContent"
-        ".endsWith('line 09999\\n')",
+        ".endsWith('line 09999 ' + '.'.repeat(20) + '\\n')",
         polling=50,
         timeout=60_000,
     )
@@ -515,7 +519,7 @@ def test_ten_thousand_lines_render_fast_without_a_node_per_line(
         f"{blocks} blocks, {spans} spans, longest task {max(long_tasks, default=0):.0f} ms, "
         f"page answers in {answer_ms:.0f} ms"
     )
-    assert output(page) == "".join(f"line {i:05d}\n" for i in range(10000))
+    assert output(page) == "".join(f"line {i:05d} {'.' * 20}\n" for i in range(10000))
     assert seconds < 30
     assert spans <= 50 and blocks <= 50  # batched, never a node per line
     assert max(long_tasks, default=0) < 1000

@@ -8,6 +8,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
+import hashlib
+import importlib.resources
 import json
 import logging
 import re
@@ -27,7 +30,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from . import openapi
 from .config import Settings
-from .errors import BadRequest, PetriError, TooLarge, UnsupportedMediaType
+from .errors import BadRequest, NotFound, PetriError, TooLarge, UnsupportedMediaType
 from .events import Event, keepalive
 from .models import CreateSandbox, ExecBody, iso, parse
 from .runs import Run
@@ -411,6 +414,52 @@ async def openapi_json(request: Request) -> Response:
     return JSONResponse(openapi.document())
 
 
+# --- the dashboard (DESIGN §12): static files shipped in the package, no build step -----------
+
+DASHBOARD_TYPES = {
+    ".html": "text/html; charset=utf-8",
+    ".js": "text/javascript; charset=utf-8",
+    ".css": "text/css; charset=utf-8",
+    ".svg": "image/svg+xml",
+}
+# Scripts, styles and images from this origin only (no inline script, no eval, no CDN), requests
+# to this origin only, and no framing: text a program prints can never run as script here.
+DASHBOARD_CSP = (
+    "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self'; "
+    "connect-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
+)
+
+
+@functools.cache
+def _dashboard_files() -> dict[str, tuple[bytes, str, str]]:
+    """name -> (bytes, media type, ETag) of every file of gateway/dashboard/, read once."""
+    found = {}
+    for entry in (importlib.resources.files(__package__) / "dashboard").iterdir():
+        media = DASHBOARD_TYPES.get("." + entry.name.rpartition(".")[2])
+        if media is not None and entry.is_file():
+            body = entry.read_bytes()
+            found[entry.name] = (body, media, f'"{hashlib.sha256(body).hexdigest()[:20]}"')
+    return found
+
+
+async def dashboard(request: Request) -> Response:
+    name = request.path_params.get("path", "index.html")
+    found = _dashboard_files().get(name)
+    if found is None:
+        raise NotFound(f"no dashboard file {name[:64]!r}", code="asset_not_found")
+    body, media, etag = found
+    headers = {
+        "Content-Security-Policy": DASHBOARD_CSP,
+        "X-Content-Type-Options": "nosniff",
+        "Referrer-Policy": "no-referrer",
+        "Cache-Control": "no-cache",
+        "ETag": etag,
+    }
+    if request.headers.get("if-none-match") == etag:
+        return Response(status_code=304, headers=headers)
+    return Response(body, media_type=media, headers=headers)
+
+
 # --- body size limits, before any handler reads ---------------------------------------------
 
 
@@ -450,6 +499,8 @@ class BodyLimit:
 
 
 ROUTES = [
+    Route("/", dashboard),
+    Route("/dashboard/{path}", dashboard),
     Route("/healthz", healthz),
     Route("/readyz", readyz),
     Route("/openapi.json", openapi_json),

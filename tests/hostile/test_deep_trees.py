@@ -22,17 +22,17 @@ LEVELS = 2000
 
 # Python that nests LEVELS folders named `d` under `top` (chdir by chdir: the whole path is
 # longer than PATH_MAX) and leaves `leaf` at the bottom.
-DEEP = """
+DEEP = f"""
 import os
 def deep(top, leaf='x.py'):
     os.makedirs(top, exist_ok=True)
     os.chdir(top)
-    for _ in range({levels}):
+    for _ in range({LEVELS}):
         os.mkdir('d')
         os.chdir('d')
     open(leaf, 'w').write('import json\\n')
     os.chdir('/sandbox')
-""".format(levels=LEVELS)
+"""
 
 # The escaping daemon of test_resources: it leaves its process group (setsid).
 DAEMON = """

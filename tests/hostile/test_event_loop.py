@@ -26,11 +26,11 @@ FILES = 150_000
 BIG_DISK = {"disk_mb": 4096}
 MAKE_FILES = (
     "import os\n"
-    "def many(folder, n={n}):\n"
+    f"def many(folder, n={FILES}):\n"
     "    os.makedirs(folder, exist_ok=True)\n"
     "    for i in range(n):\n"
-    "        os.close(os.open(os.path.join(folder, f'f{{i}}'), os.O_CREAT | os.O_WRONLY))\n"
-).format(n=FILES)
+    "        os.close(os.open(os.path.join(folder, f'f{i}'), os.O_CREAT | os.O_WRONLY))\n"
+)
 
 
 def test_a_run_that_leaves_150k_scratch_files_ends_without_blocking(

@@ -322,9 +322,9 @@ def test_an_upload_over_the_quota_changes_nothing(
     client: httpx.Client, new_sandbox: Any
 ) -> None:
     sid = new_sandbox("python", limits={"disk_mb": 16})["id"]
-    before = _seed(client, sid)
+    _seed(client, sid)
     # Fill the disk, then free 1 MB: the upload below needs ~1.8 MB.
-    fill = run(client, sid, "head -c 64M /dev/zero > fill 2>/dev/null; truncate -s -1M fill; echo ok")
+    fill = run(client, sid, "head -c 64M /dev/zero >fill 2>&-; truncate -s -1M fill; echo ok")
     assert fill["stdout"] == "ok\n", fill
     before = _listing(client, sid)
     parts = [("file", ("one.txt", b"new one"))] + [

@@ -295,9 +295,7 @@ class ExecutionLog:
         window = self._window
         if not (self.persist and window and cursor + 1 < window[0].id):
             return []
-        return await asyncio.to_thread(
-            self.registry.read_events, self.execution_id, cursor, REPLAY_BATCH
-        )
+        return await _read(self.registry, self.execution_id, cursor)
 
     def _batch(self, cursor: int) -> list[Event]:
         window = self._window
@@ -316,7 +314,7 @@ async def replay(registry: Registry, execution_id: str, after: int = 0) -> Async
     in a worker thread, so many clients replaying long runs never stall the event loop."""
     cursor = after
     while True:
-        batch = await asyncio.to_thread(registry.read_events, execution_id, cursor, REPLAY_BATCH)
+        batch = await _read(registry, execution_id, cursor)
         if not batch:
             return
         for n, event in enumerate(batch, 1):
@@ -324,3 +322,11 @@ async def replay(registry: Registry, execution_id: str, after: int = 0) -> Async
             cursor = event.id
             if n % TURN_EVENTS == 0:
                 await asyncio.sleep(0)
+
+
+async def _read(registry: Registry, execution_id: str, cursor: int) -> list[Event]:
+    """One page of stored events, read in the registry's reader thread."""
+    loop = asyncio.get_running_loop()
+    return await loop.run_in_executor(
+        registry.reads, registry.read_events, execution_id, cursor, REPLAY_BATCH
+    )

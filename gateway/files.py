@@ -18,6 +18,7 @@ from typing import Any, BinaryIO
 import aiofiles
 from aiofiles.threadpool.binary import AsyncBufferedReader
 
+from . import tree
 from .errors import TooLarge
 from .uploads import Upload
 from .workspace import Listing, Workspace, clean_path, path_error
@@ -42,7 +43,7 @@ async def listing(workspace: Workspace) -> Listing:
 
 
 async def delete(workspace: Workspace, path: str) -> None:
-    await asyncio.to_thread(workspace.delete, path)
+    await tree.in_remover(workspace.delete, path)
 
 
 async def download(workspace: Workspace, path: str) -> Download:

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from . import events as ev
+from . import tree
 from .config import Settings
 from .deps import Installer, InstallResult, missing_modules
 from .errors import NotFound, PetriError
@@ -344,7 +345,7 @@ class Runs:
     async def _remove_scratch(self, sandbox_id: str, folder: str) -> None:
         workspace = self.workspaces.get(sandbox_id)
         try:
-            await asyncio.to_thread(workspace.delete, folder, seconds=SCRATCH_SECONDS)
+            await tree.in_remover(workspace.delete, folder, seconds=SCRATCH_SECONDS)
         except NotFound:
             pass
         except PetriError as exc:  # e.g. still being filled by a process that got away

@@ -11,20 +11,35 @@ the folder being removed and taken apart from there, so any depth costs at most
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import errno
+import functools
 import itertools
 import os
 import secrets
 import stat
 import time
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from typing import ParamSpec, TypeVar
 
 from .errors import Conflict
 
 DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 OPEN_DEPTH = 48  # directory fds one removal holds at most
+REMOVERS = 4  # removals running at once; more wait their turn
+_removers = ThreadPoolExecutor(max_workers=REMOVERS, thread_name_prefix="petri-remove")
+P = ParamSpec("P")
+T = TypeVar("T")
+
+
+async def in_remover(fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
+    """Run a removal in a thread of its own pool: a long one (a huge tree, up to its time
+    bound) never holds the default pool's workers, which the rest of the file I/O needs."""
+    loop = asyncio.get_running_loop()
+    return await loop.run_in_executor(_removers, functools.partial(fn, *args, **kwargs))
 
 
 class TreeBusy(Conflict):

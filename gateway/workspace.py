@@ -292,7 +292,7 @@ class Workspaces:
         path, image = self.root / sandbox_id, self._images / f"{sandbox_id}.ext4"
         if os.path.ismount(path):
             await _run("umount", "-l", str(path))
-        await asyncio.to_thread(_remove_tree, self.root, sandbox_id)
+        await tree.in_remover(_remove_tree, self.root, sandbox_id)
         with contextlib.suppress(FileNotFoundError):
             image.unlink()
 

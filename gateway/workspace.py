@@ -330,7 +330,7 @@ def _remove_tree(root: Path, name: str) -> None:
     """A whole workspace, however deep, without following a link. Failures are logged:
     the sandbox goes anyway."""
     try:
-        fd = os.open(root, _DIR)
+        fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)  # ours: may be a link
         try:
             tree.remove(fd, name, seconds=REMOVE_SECONDS)
         finally:

@@ -88,6 +88,7 @@ def test_deep_tree_in_the_workspace_is_listed_scanned_and_deleted(
     assert listing.status_code == 200, listing.text
     paths = {f["path"] for f in listing.json()["files"]}
     assert "top.py" in paths and not any(p.endswith("x.py") for p in paths)
+    assert listing.json()["truncated"] is True and "deeper than" in listing.json()["note"]
     # Import detection walks the sources before every python run.
     r = hc.post(f"/v1/sandboxes/{sid}/exec", json={"code": "print('scanned')"}).json()
     assert r["exit_code"] == 0 and r["stdout"] == "scanned\n", r

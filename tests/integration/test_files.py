@@ -298,6 +298,16 @@ def test_multipart_with_an_escaping_third_part_changes_nothing(
         r = client.post(f"/v1/sandboxes/{sid}/files", files=parts)
         assert r.status_code == 400 and r.json()["error"]["code"] == "invalid_path", r.text
         assert _listing(client, sid) == before
+    # Without the bad part it goes in whole, and leaves nothing of its staging behind.
+    r = client.post(f"/v1/sandboxes/{sid}/files", files=parts[:2])
+    assert r.status_code == 201, r.text
+    assert _listing(client, sid) == {
+        **before,
+        "one.txt": b"new one",
+        "newdir": b"<dir>",
+        "newdir/deep": b"<dir>",
+        "newdir/deep/two.txt": b"new two",
+    }
 
 
 def test_multipart_whose_third_part_conflicts_changes_nothing(

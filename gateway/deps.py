@@ -39,7 +39,7 @@ SCAN_SKIP = frozenset(
 )
 SCAN_MAX_FILES = 5000
 SCAN_MAX_BYTES = 1024 * 1024
-SCAN_MAX_ENTRIES = 100_000  # names looked at, of any kind
+SCAN_MAX_ENTRIES = 300_000  # names looked at, of any kind (an image holds ~262k per 4 GB)
 SCAN_MAX_DEPTH = 32
 SCAN_SECONDS = 10.0
 

@@ -72,7 +72,8 @@ class Walk:
     cut: str = ""
 
     def __iter__(self) -> Iterator[Entry]:
-        """Every entry, sorted by name within a folder, depth first. Folders deeper than
+        """Every entry, depth first: in each folder its files by name, then its folders by
+        name. Folders deeper than
         `max_depth` are not entered; folders for which `skip(entry)` is true neither."""
         budget = self.max_entries
         stack: list[tuple[int, str, list[os.DirEntry[str]]]] = [
@@ -122,13 +123,21 @@ class Walk:
 
 
 def _entries(fd: int, most: int) -> list[os.DirEntry[str]]:
-    """Up to `most` + 1 of a folder's entries, last name first (popped from the end: walked
-    in name order). A folder with more is cut by the walk's entry budget anyway."""
+    """Up to `most` + 1 of a folder's entries, in reverse walking order (they are popped
+    from the end): a folder's files, by name, before its folders, so a shallow file is never
+    left out for a deep one. A folder with more is cut by the walk's entry budget anyway."""
     try:
         with os.scandir(fd) as it:
-            return sorted(itertools.islice(it, most + 1), key=lambda e: e.name, reverse=True)
+            return sorted(itertools.islice(it, most + 1), key=_order, reverse=True)
     except OSError:
         return []
+
+
+def _order(entry: os.DirEntry[str]) -> tuple[bool, str]:
+    try:
+        return entry.is_dir(follow_symlinks=False), entry.name
+    except OSError:
+        return False, entry.name
 
 
 def _shown(name: str) -> str:

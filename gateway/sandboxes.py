@@ -23,6 +23,7 @@ from .runtimes import Runtime
 from .workspace import Workspace, Workspaces, clean_path
 
 log = logging.getLogger("petri.sandboxes")
+KILL_ANSWER_SECONDS = 5.0
 
 
 class Sandboxes:
@@ -318,6 +319,9 @@ class Sandboxes:
             )
         run.killed = True
         await self.runs.stop(run)
+        # Answer with the ended run (a second kill is then 409), unless its ending lags.
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(run.stopped.wait(), KILL_ANSWER_SECONDS)
         return run.execution
 
     def execution(self, sandbox_id: str, execution_id: str) -> Execution:

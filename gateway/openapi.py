@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from .models import CreateSandbox, ExecBody, schema
+from .models import CreateSandbox, ExecBody, ServiceBody, schema
 
 ERROR = {
     "type": "object",
@@ -42,11 +42,18 @@ def _responses(*codes: int, ok: str = "OK") -> dict[str, Any]:
 SID = {"name": "sid", "in": "path", "required": True, "schema": {"type": "string"}}
 EID = {"name": "eid", "in": "path", "required": True, "schema": {"type": "string"}}
 PATH = {"name": "path", "in": "path", "required": True, "schema": {"type": "string"}}
+SVID = {"name": "svid", "in": "path", "required": True, "schema": {"type": "string"}}
+# Not an API route (no key, any method, the service's own answers): described, not listed.
+PREVIEW = (
+    "Each service's `preview_url` (`/preview/{token}/...`, and `{token}.{PETRI_PREVIEW_DOMAIN}` "
+    "when set) proxies every method and WebSockets to the service: 404 unknown token, "
+    "410 expired, 502 not answering."
+)
 
 
 def document() -> dict[str, Any]:
     schemas: dict[str, Any] = {"Error": ERROR}
-    for model in (CreateSandbox, ExecBody):
+    for model in (CreateSandbox, ExecBody, ServiceBody):
         s = schema(model)
         schemas.update(s.pop("$defs", {}))
         schemas[model.__name__] = s
@@ -172,10 +179,27 @@ def document() -> dict[str, Any]:
             "parameters": [SID, EID],
             "post": {"summary": "kill a running execution", "responses": _responses(202, 404, 409)},
         },
+        "/v1/sandboxes/{sid}/services": {
+            "parameters": [SID],
+            "post": {
+                "summary": "start a service: {id, status, preview_url, expires_at, execution_id}",
+                "requestBody": _json_body("ServiceBody"),
+                "responses": _responses(201, 400, 404, 413, 415, 422, 429, 503),
+            },
+            "get": {"summary": "services of a sandbox", "responses": _responses(200, 404)},
+        },
+        "/v1/sandboxes/{sid}/services/{svid}": {
+            "parameters": [SID, SVID],
+            "get": {"summary": "one service", "responses": _responses(200, 404)},
+            "delete": {
+                "summary": "stop a service and revoke its preview URL",
+                "responses": _responses(204, 404),
+            },
+        },
     }
     return {
         "openapi": "3.0.3",
-        "info": {"title": "Petri gateway", "version": "1"},
+        "info": {"title": "Petri gateway", "version": "1", "description": PREVIEW},
         "paths": paths,
         "components": {"schemas": schemas},
     }

@@ -157,6 +157,22 @@ class Workspace:
             raise BadRequest(f"{path[:80]} is not a regular file", code="not_a_file")
         return os.fdopen(fd, "rb"), st.st_size
 
+    def open_socket(self, path: str) -> int:
+        """An `O_PATH` fd of the Unix socket at `path`, for `connect("/proc/self/fd/<fd>")`.
+        The walk follows no symlink and the file itself must be a socket: a link planted in
+        its place (say, to the Docker socket) is refused, never connected to."""
+        parts = clean_path(path)
+        with self._dir(parts[:-1]) as dfd:
+            flags = os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC
+            try:
+                fd = os.open(parts[-1], flags, dir_fd=dfd)
+            except OSError as exc:
+                raise _path_error(exc, path) from None
+        if not stat.S_ISSOCK(os.fstat(fd).st_mode):
+            os.close(fd)
+            raise BadRequest(f"{path[:80]} is not a socket", code="not_a_socket")
+        return fd
+
     def delete(self, path: str) -> None:
         parts = clean_path(path)
         with self._dir(parts[:-1]) as dfd:

@@ -32,6 +32,7 @@ Send = Callable[[Message], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 PREFIX = b"/preview/"
+SMALL_BODY = 256 * 1024  # relayed without watching for the caller's disconnect
 HOP_BY_HOP = frozenset(
     {
         b"connection",
@@ -181,6 +182,11 @@ async def _relay_response(
 
     headers = [(k, v) for k, v in _end_to_end(response.headers, RESPONSE_DROPPED)]
     await send({"type": "http.response.start", "status": response.status, "headers": headers})
+    length = next((v for k, v in headers if k.lower() == b"content-length"), b"")
+    if length.isdigit() and int(length) <= SMALL_BODY:  # soon done: no watcher needed
+        with contextlib.suppress(UpstreamError):
+            await pump()
+        return
     pumping = asyncio.ensure_future(pump())
     tasks: set[asyncio.Future[None]] = {pumping}
     if watch:

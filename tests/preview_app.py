@@ -37,6 +37,7 @@ def pattern_bytes(n: int) -> bytes:
 
 class Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
+    disable_nagle_algorithm = True  # headers and body are separate writes
 
     def log_message(self, format: str, *args: object) -> None:
         sys.stderr.write(f"{self.command} {self.path}\n")

@@ -440,3 +440,39 @@ def test_after_a_restart_services_show_exited_and_their_processes_are_gone(own: 
         got = events(c, service)
         assert got[-1].type == "error" and got[-1].data["code"] == "interrupted"
         c.delete(f"/v1/sandboxes/{sid}")
+
+
+def test_a_caller_that_leaves_an_endless_response_stops_it_at_the_service(
+    client: httpx.Client, new_sandbox: MakeSandbox, pc: httpx.Client
+) -> None:
+    service = start_ready(client, new_sandbox()["id"])
+    with pc.stream("GET", service["preview_url"] + f"bytes?n={10**11}") as r:
+        assert r.status_code == 200
+        got = 0
+        for chunk in r.iter_raw():
+            got += len(chunk)
+            if got >= 4 * MB:
+                break
+    # The gateway stops reading: the app's write fails (its server logs the broken pipe).
+    deadline = time.monotonic() + 30
+    while True:
+        seen = _stderr_so_far(client, service)
+        if "BrokenPipeError" in seen or "ConnectionResetError" in seen:
+            break
+        assert time.monotonic() < deadline, f"the app kept writing: {seen[-500:]}"
+        time.sleep(0.3)
+    assert pc.get(service["preview_url"] + "still-fine").status_code == 200
+
+
+def _stderr_so_far(client: httpx.Client, service: dict[str, Any]) -> str:
+    """The service's stderr up to now (it still runs: read the stream for a moment)."""
+    url = f"/v1/sandboxes/{service['sandbox_id']}/executions/{service['execution_id']}/events"
+    out = []
+    try:
+        with client.stream("GET", url, headers={"Accept": "text/event-stream"}, timeout=2) as r:
+            for line in r.iter_lines():
+                if line.startswith("data: ") and '"text"' in line:
+                    out.append(json.loads(line[6:])["text"])
+    except httpx.ReadTimeout:
+        pass
+    return "".join(out)

@@ -15,6 +15,7 @@ import contextlib
 import http
 import json
 import logging
+import re
 from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
 from dataclasses import dataclass
 from typing import Any
@@ -68,6 +69,22 @@ WS_HANDSHAKE = frozenset(
 RESPONSE_DROPPED = HOP_BY_HOP | {b"date"}
 # Close codes an endpoint may send (RFC 6455 7.4); others become 1000 (or 1011).
 _SENDABLE = frozenset({1000, 1001, 1002, 1003, *range(1007, 1015), *range(3000, 5000)})
+
+
+_TOKEN_IN_PATH = re.compile(r"/preview/[^/?\s\"]+")
+
+
+class RedactTokens(logging.Filter):
+    """Keeps preview tokens (capabilities) out of the server's logs: uvicorn logs each
+    request's path, `/preview/{token}/…`, and that line may end up in a log store."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if isinstance(record.args, tuple):
+            record.args = tuple(
+                _TOKEN_IN_PATH.sub("/preview/…", a) if isinstance(a, str) else a
+                for a in record.args
+            )
+        return True
 
 
 class _ClientGone(Exception):

@@ -29,7 +29,7 @@ from .config import Settings
 from .errors import BadRequest, PetriError, TooLarge, UnsupportedMediaType
 from .events import Event
 from .models import CreateSandbox, ExecBody, Service, ServiceBody, iso, parse
-from .preview import PreviewRouter
+from .preview import PreviewRouter, RedactTokens
 from .runs import Run
 from .sandboxes import Sandboxes
 from .service import open_gateway
@@ -488,5 +488,8 @@ def create_app(settings: Settings | None = None) -> Starlette:
     app.add_middleware(
         PreviewRouter, services=lambda: app.state.services, domain=settings.preview_domain
     )
+    for name in ("uvicorn.access", "uvicorn.error"):
+        if not any(isinstance(f, RedactTokens) for f in logging.getLogger(name).filters):
+            logging.getLogger(name).addFilter(RedactTokens())
     app.state.settings = settings
     return app

@@ -377,6 +377,7 @@ def own(docker_ready: None) -> Iterator[Gateway]:
         preview_domain="preview.test",
         public_url="http://gw.test:1234",
         max_services_per_sandbox="1",
+        log_level="info",  # access logs on: they must not hold preview tokens
     ) as gw:
         yield gw
 
@@ -416,6 +417,12 @@ def test_host_based_previews_and_the_public_url(own: Gateway) -> None:
                    "preview_not_found")
             # The API is still the API on the gateway's own host name.
             assert c.get(f"/v1/sandboxes/{sid}").status_code == 200
+            # Path-based URLs work on the same gateway; no token reaches its logs.
+            r = pc.get(f"{own.url}/preview/{token}/logged?q=1")
+            assert r.json() == {"method": "GET", "path": "/logged?q=1"}
+            assert own.log_path is not None
+            logged = own.log_path.read_text()
+            assert "/preview/…/logged?q=1" in logged and token not in logged
             # One service per sandbox on this gateway.
             r = c.post(f"/v1/sandboxes/{sid}/services", json={"command": "true", "port": 1})
             _error(r, 429, "too_many_services")

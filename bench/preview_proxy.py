@@ -6,7 +6,8 @@ sent straight to the service's relay socket from the host, measured in the same 
 Starts its own gateway (uvicorn subprocess on a free port, temporary directories), creates a
 python sandbox and runs `tests/preview_app.py` in it as a service. Then, interleaved so
 machine drift hits both alike:
-  * latency: `GET /x` (a ~40-byte JSON answer), keep-alive on both paths, p50/p95;
+  * latency: `GET /x` (a ~40-byte JSON answer), keep-alive on both paths, p50/p95; and
+    `GET /work?ms=20`, an endpoint that takes 20 ms, as a web app's pages do;
   * download: `GET /bytes?n=<mb>` read to the end, MB/s;
   * upload: `POST /sink` with a <mb> body (Content-Length), MB/s.
 "Direct" is an HTTP client on the host connected to the relay's Unix socket in the workspace
@@ -94,9 +95,14 @@ def main(requests: int, mb: int, runs: int) -> None:
                 timed_get(client, base + "x")
         lat_p: list[float] = []
         lat_d: list[float] = []
+        work_p: list[float] = []
+        work_d: list[float] = []
         for _ in range(requests):
             lat_d.append(timed_get(direct, "http://service/x"))
             lat_p.append(timed_get(proxied, preview + "x"))
+        for _ in range(max(20, requests // 5)):
+            work_d.append(timed_get(direct, "http://service/work?ms=20"))
+            work_p.append(timed_get(proxied, preview + "work?ms=20"))
         down_p: list[float] = []
         down_d: list[float] = []
         up_p: list[float] = []
@@ -109,6 +115,10 @@ def main(requests: int, mb: int, runs: int) -> None:
         print(f"preview proxy, {requests} requests, {runs} x {mb} MiB each way")
         print(row("GET /x direct to the relay socket", lat_d, base_label="direct"))
         print(row("GET /x through the preview URL", lat_p, lat_d))
+        print(row("GET /work?ms=20 direct", work_d, base_label="direct"))
+        print(row("GET /work?ms=20 through the preview URL", work_p, work_d))
+        extra = (pct(lat_p, 0.5) - pct(lat_d, 0.5)) * 1000
+        print(f"the proxy adds {extra:.1f} ms per request (p50 against p50)")
         print(rate_row(f"download {mb} MiB direct", down_d, None))
         print(rate_row(f"download {mb} MiB through the preview URL", down_p, down_d))
         print(rate_row(f"upload {mb} MiB direct", up_d, None))

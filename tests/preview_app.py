@@ -10,6 +10,7 @@ Standard library only (HTTP/1.1 with keep-alive, and a hand-written WebSocket ec
     GET  /bytes?n=N    N bytes of a fixed pattern, streamed in 64 KiB writes
     GET  /hop          a response carrying hop-by-hop headers (and `X-App: yes`)
     GET  /exit         answers, then the process exits with code 3
+    GET  /work?ms=N    answers after N ms (an endpoint that does some work)
     GET  /ws           WebSocket: echoes text and binary messages, picks the first subprotocol
     anything else      {"method", "path"} (JSON), for every method
 """
@@ -23,6 +24,7 @@ import os
 import struct
 import sys
 import threading
+import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qs, urlsplit
 
@@ -118,6 +120,9 @@ class Handler(BaseHTTPRequestHandler):
                 200, b"{}", X_App="yes", Connection="X-Secret-Hop", X_Secret_Hop="1",
                 Keep_Alive="timeout=5",
             )
+        if url.path == "/work":
+            time.sleep(int(parse_qs(url.query).get("ms", ["0"])[0]) / 1000)
+            return self.reply(200, b'{"worked": true}')
         if url.path == "/exit":
             self.reply(200, b'{"bye": true}')
             self.wfile.flush()

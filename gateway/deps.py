@@ -4,8 +4,8 @@ The plans are data (`[install]` in each runtime.toml). Before an exec, the first
 applies is keyed by a hash of its manifest files (or, with no manifest, by the imports a
 detector finds); an unchanged key is a cache hit that costs no container. Otherwise the
 plan's script runs in a short-lived container of the sandbox's image that writes into the
-workspace, with egress only through the allowlisting proxy (`egress`), and its output is
-streamed as `install` events, never as program output.
+workspace, with no network but a relay to the allowlisting proxy (`egress`), within the
+exec's timeout, and its output is streamed as `install` events, never as program output.
 """
 
 from __future__ import annotations
@@ -48,6 +48,7 @@ class InstallResult:
     status: str  # installed | cached | skipped | failed
     packages: list[dict[str, str]] = field(default_factory=list)
     log: str = ""
+    timed_out: bool = False  # failed: it ran out of time (the exec's, or the install cap)
 
     def public(self) -> dict[str, Any]:
         return {"status": self.status, "packages": self.packages, "log": self.log}
@@ -248,7 +249,11 @@ class Installer:
     async def close(self) -> None:
         """Called once when the gateway stops."""
 
-    async def prepare(self, sandbox: Sandbox, runtime: Runtime, sink: InstallSink) -> InstallResult:
+    async def prepare(
+        self, sandbox: Sandbox, runtime: Runtime, sink: InstallSink, deadline: float | None = None
+    ) -> InstallResult:
+        """Install what the sandbox needs; end by `deadline` (event-loop time) if given.
+        Cancelling it stops the install at once (nothing of it keeps running)."""
         return InstallResult("skipped")
 
     def exec_env(self, sandbox: Sandbox, runtime: Runtime) -> dict[str, str]:

@@ -8,13 +8,17 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
+import hashlib
+import importlib.resources
 import json
 import logging
+import re
 import tempfile
 from collections.abc import AsyncIterator, Iterator
 from typing import Any, BinaryIO
 
-from sse_starlette import EventSourceResponse
+from sse_starlette import EventSourceResponse, ServerSentEvent
 from starlette.applications import Starlette
 from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException
@@ -26,8 +30,8 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from . import openapi
 from .config import Settings
-from .errors import BadRequest, PetriError, TooLarge, UnsupportedMediaType
-from .events import Event
+from .errors import BadRequest, NotFound, PetriError, TooLarge, UnsupportedMediaType
+from .events import Event, keepalive
 from .models import CreateSandbox, ExecBody, Service, ServiceBody, iso, parse
 from .preview import PreviewRouter, RedactTokens
 from .runs import Run
@@ -38,7 +42,7 @@ from .services import Services, open_services
 log = logging.getLogger("petri.routes")
 MAX_JSON_DEPTH = 32
 UPLOAD_PATHS = ("/files", "/upload")
-JSON_TYPES = ("application/json", "", "application/x-www-form-urlencoded", "text/plain")
+FORM_TYPE = "application/x-www-form-urlencoded"
 
 
 # --- errors, in one place ---------------------------------------------------------------------
@@ -69,10 +73,29 @@ async def _error_response(request: Request, exc: Exception) -> Response:
 
 
 async def _json(request: Request) -> Any:
-    ctype = request.headers.get("content-type", "application/json").split(";")[0].strip()
-    # curl's `-d` sends application/x-www-form-urlencoded: `curl -d '{...}'` just works.
-    if ctype not in JSON_TYPES and not ctype.endswith("+json"):
-        raise UnsupportedMediaType(f"send JSON (Content-Type: application/json), not {ctype[:60]}")
+    """The body as JSON. Accepted: `application/json`, any `application/...+json`, and
+    `application/x-www-form-urlencoded` holding JSON (what `curl -d '{...}'` sends), the last
+    not from a web page of a foreign origin (browsers send it cross-site without a CORS
+    preflight). Anything else is 415, an empty body without a Content-Type is `{}`."""
+    header = request.headers.get("content-type")
+    if header is None:
+        raw = await request.body()
+        if raw.strip():
+            raise UnsupportedMediaType("send JSON with Content-Type: application/json")
+        return {}
+    ctype = header.split(";")[0].strip().lower()
+    json_type = ctype == "application/json" or (
+        ctype.startswith("application/") and ctype.endswith("+json")
+    )
+    if not json_type and ctype != FORM_TYPE:
+        raise UnsupportedMediaType(
+            f"send JSON (Content-Type: application/json), not {ctype[:60] or 'nothing'}"
+        )
+    if ctype == FORM_TYPE and _foreign_origin(request):
+        raise UnsupportedMediaType(
+            "a form post from a web page of another origin: send application/json",
+            code="cross_origin_form",
+        )
     raw = await request.body()
     if not raw.strip():
         return {}
@@ -95,6 +118,16 @@ async def _json(request: Request) -> Any:
     return data
 
 
+def _foreign_origin(request: Request) -> bool:
+    origin = request.headers.get("origin")
+    if origin is None:  # not a browser (curl, SDKs), or a same-origin GET
+        return False
+    settings: Settings = request.app.state.settings
+    allowed = {o.strip() for o in settings.cors_origins.split(",") if o.strip()}
+    own = f"{request.url.scheme}://{request.headers.get('host', '')}"
+    return not ("*" in allowed or origin in allowed or origin == own)
+
+
 def _no_constant(name: str) -> Any:
     raise ValueError(f"{name} is not JSON")
 
@@ -110,15 +143,40 @@ def _check_depth(value: Any, depth: int) -> None:
             _check_depth(item, depth + 1)
 
 
+# Event ids and other counters are SQLite integers: a larger number is refused, never clamped.
+MAX_INT = 2**63 - 1
+_ASCII_INT = re.compile(r"[0-9]{1,19}")
+
+
+def _strict_int(raw: str, low: int, high: int) -> int | None:
+    """`raw` as an integer in low..high, or None. ASCII digits only: `str.isdigit` also takes
+    superscripts, and `int` other scripts' digits, signs, spaces and underscores."""
+    if _ASCII_INT.fullmatch(raw) is None:
+        return None
+    value = int(raw)
+    return value if low <= value <= high else None
+
+
 def _int_param(request: Request, name: str, default: int, low: int, high: int) -> int:
     raw = request.query_params.get(name)
     if raw is None:
         return default
-    if not raw.isdigit() or not low <= int(raw) <= high:
+    value = _strict_int(raw, low, high)
+    if value is None:
         raise BadRequest(
             f"query parameter {name} must be an integer in {low}..{high}", code="invalid_query"
         )
-    return int(raw)
+    return value
+
+
+def _int_header(request: Request, name: str, low: int, high: int) -> int | None:
+    raw = request.headers.get(name)
+    if raw is None:
+        return None
+    value = _strict_int(raw, low, high)
+    if value is None:
+        raise BadRequest(f"{name} must be an integer in {low}..{high}", code="invalid_header")
+    return value
 
 
 def _gateway(request: Request) -> Sandboxes:
@@ -288,15 +346,24 @@ def _follow(sandboxes: Sandboxes, run: Run, after: int) -> AsyncIterator[Event]:
     return sandboxes.follow(run.execution.sandbox_id, run.execution.id, after)
 
 
+class _KeepAlive(ServerSentEvent):
+    """sse-starlette's ping, encoded as `events.keepalive()` (a comment line with no blank line
+    after it). Its own ping ends with a blank line, which httpx-sse turns into an event."""
+
+    def encode(self) -> bytes:
+        return keepalive()
+
+
 def _sse(request: Request, events: AsyncIterator[Event], headers: dict[str, str]) -> Response:
     async def body() -> AsyncIterator[bytes]:
         async for event in events:
-            yield event.sse()
+            yield event.sse()  # one whole event per send: a keep-alive lands between events
 
     settings: Settings = _gateway(request).settings
     return EventSourceResponse(
         body(),
         ping=settings.keepalive_seconds,
+        ping_message_factory=_KeepAlive,
         sep="\n",
         headers={**headers, "Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
     )
@@ -320,15 +387,9 @@ async def get_execution(request: Request) -> Response:
 async def execution_events(request: Request) -> Response:
     sandboxes = _gateway(request)
     sid, eid = request.path_params["sid"], request.path_params["eid"]
-    header = request.headers.get("last-event-id")
-    if header is not None:
-        if not header.strip().isdigit():
-            raise BadRequest(
-                "Last-Event-ID must be an event id (an integer)", code="invalid_header"
-            )
-        after = int(header.strip())
-    else:
-        after = _int_param(request, "after", 0, 0, 2**62)
+    after = _int_header(request, "Last-Event-ID", 0, MAX_INT)
+    if after is None:
+        after = _int_param(request, "after", 0, 0, MAX_INT)
     events = sandboxes.follow(sid, eid, after)
     return _sse(request, events, {"X-Execution-Id": eid})
 
@@ -393,6 +454,52 @@ async def openapi_json(request: Request) -> Response:
     return JSONResponse(openapi.document())
 
 
+# --- the dashboard (DESIGN §12): static files shipped in the package, no build step -----------
+
+DASHBOARD_TYPES = {
+    ".html": "text/html; charset=utf-8",
+    ".js": "text/javascript; charset=utf-8",
+    ".css": "text/css; charset=utf-8",
+    ".svg": "image/svg+xml",
+}
+# Scripts, styles and images from this origin only (no inline script, no eval, no CDN), requests
+# to this origin only, and no framing: text a program prints can never run as script here.
+DASHBOARD_CSP = (
+    "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self'; "
+    "connect-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
+)
+
+
+@functools.cache
+def _dashboard_files() -> dict[str, tuple[bytes, str, str]]:
+    """name -> (bytes, media type, ETag) of every file of gateway/dashboard/, read once."""
+    found = {}
+    for entry in (importlib.resources.files(__package__) / "dashboard").iterdir():
+        media = DASHBOARD_TYPES.get("." + entry.name.rpartition(".")[2])
+        if media is not None and entry.is_file():
+            body = entry.read_bytes()
+            found[entry.name] = (body, media, f'"{hashlib.sha256(body).hexdigest()[:20]}"')
+    return found
+
+
+async def dashboard(request: Request) -> Response:
+    name = request.path_params.get("path", "index.html")
+    found = _dashboard_files().get(name)
+    if found is None:
+        raise NotFound(f"no dashboard file {name[:64]!r}", code="asset_not_found")
+    body, media, etag = found
+    headers = {
+        "Content-Security-Policy": DASHBOARD_CSP,
+        "X-Content-Type-Options": "nosniff",
+        "Referrer-Policy": "no-referrer",
+        "Cache-Control": "no-cache",
+        "ETag": etag,
+    }
+    if request.headers.get("if-none-match") == etag:
+        return Response(status_code=304, headers=headers)
+    return Response(body, media_type=media, headers=headers)
+
+
 # --- body size limits, before any handler reads ---------------------------------------------
 
 
@@ -432,6 +539,8 @@ class BodyLimit:
 
 
 ROUTES = [
+    Route("/", dashboard),
+    Route("/dashboard/{path}", dashboard),
     Route("/healthz", healthz),
     Route("/readyz", readyz),
     Route("/openapi.json", openapi_json),

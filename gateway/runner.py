@@ -8,11 +8,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ipaddress
 import re
 from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 import aiodocker
 import aiohttp
@@ -224,9 +223,13 @@ class Process:
 
 
 class Runner:
-    def __init__(self, url: str = "") -> None:
+    """`max_starts` bounds the containers being created and started at once (a burst would
+    overload Docker); a slot is held for the create and start only, never while one runs."""
+
+    def __init__(self, url: str = "", max_starts: int = 4) -> None:
         self._url = url or None
         self._docker: aiodocker.Docker | None = None
+        self._starts = asyncio.Semaphore(max_starts)
 
     @property
     def docker(self) -> aiodocker.Docker:
@@ -257,12 +260,13 @@ class Runner:
     async def start_container(self, spec: ContainerSpec) -> str:
         """Create and start a long-lived container; return its id."""
         with _docker_errors(f"starting container {spec.name}"):
-            container = await self.docker.containers.create(spec.config(), name=spec.name)
-            try:
-                await container.start()
-            except aiodocker.DockerError:
-                await container.delete(force=True)
-                raise
+            async with self._starts:
+                container = await self.docker.containers.create(spec.config(), name=spec.name)
+                try:
+                    await container.start()
+                except aiodocker.DockerError:
+                    await container.delete(force=True)
+                    raise
             return str(container.id)
 
     def run_container(self, spec: ContainerSpec, timeout: float) -> Process:
@@ -271,13 +275,17 @@ class Runner:
 
         async def setup_and_stream() -> AsyncIterator[tuple[int, bytes]]:
             with _docker_errors(f"running container {spec.name}"):
-                container = await self.docker.containers.create(spec.config(), name=spec.name)
-                state["container"] = container
-                # Attached before start: nothing to replay (and with the `none` log
-                # driver, `logs=True` fails the attach).
-                stream = container.attach(stdout=True, stderr=True, logs=False)
-                async with stream:
-                    await container.start()
+                async with contextlib.AsyncExitStack() as stack:
+                    async with self._starts:
+                        container = await self.docker.containers.create(
+                            spec.config(), name=spec.name
+                        )
+                        state["container"] = container
+                        # Attached before start: nothing to replay (and with the `none` log
+                        # driver, `logs=True` fails the attach).
+                        stream = container.attach(stdout=True, stderr=True, logs=False)
+                        await stack.enter_async_context(cast(Any, stream))
+                        await container.start()
                     async for item in _merged(stream):
                         yield item
 
@@ -312,42 +320,6 @@ class Runner:
         with _docker_errors("listing containers"):
             found = await self.docker.containers.list(all=True, filters={"label": wanted})
         return [(str(c.id), dict(c["Labels"] or {})) for c in found]
-
-    async def ensure_network(
-        self,
-        name: str,
-        *,
-        internal: bool = True,
-        icc: bool = False,
-        labels: Mapping[str, str] | None = None,
-    ) -> str:
-        """Create (or reuse) a bridge network; return its gateway address on the host.
-
-        `internal` gives it no route out; `icc=False` stops its containers reaching each
-        other. An existing network of that name with other settings is refused, not reused.
-        """
-        options = {"com.docker.network.bridge.enable_icc": "true" if icc else "false"}
-        with _docker_errors(f"preparing network {name}"):
-            try:
-                info = await (await self.docker.networks.get(name)).show()
-            except aiodocker.DockerError as exc:
-                if exc.status != 404:
-                    raise
-                config = {"Name": name, "Driver": "bridge", "Internal": internal}
-                config.update(CheckDuplicate=True, Options=options, Labels=dict(labels or {}))
-                with contextlib.suppress(aiodocker.DockerError):  # 409: made meanwhile
-                    await self.docker.networks.create(config)
-                info = await (await self.docker.networks.get(name)).show()
-        found = info.get("Options") or {}
-        wrong = any(found.get(k) != v for k, v in options.items())
-        if wrong or bool(info.get("Internal")) != internal:
-            raise RunnerError(f"network {name} exists with other settings (internal, icc)")
-        for pool in (info.get("IPAM") or {}).get("Config") or []:
-            if pool.get("Gateway"):
-                return str(pool["Gateway"])
-            if pool.get("Subnet"):
-                return str(next(ipaddress.ip_network(pool["Subnet"], strict=False).hosts()))
-        raise RunnerError(f"network {name} has no gateway address")
 
     async def exec(
         self,

@@ -26,6 +26,7 @@ from .workspace import Workspaces
 log = logging.getLogger("petri.runs")
 CODE_DIR = ".petri/code"
 KILL_GRACE_SECONDS = 2.0
+INSTALL_STOP_SECONDS = 15.0  # how long a kill waits for a cancelled install to clean up
 STDERR_TAIL_BYTES = 8192
 
 
@@ -40,6 +41,7 @@ class Run:
     killed: bool = False
     interrupted: bool = False
     install: InstallResult | None = None
+    installing: asyncio.Task[InstallResult] | None = None  # while the install phase runs
     stopped: asyncio.Event = field(default_factory=asyncio.Event)
     # set just before the program starts: the container it runs in
     container_id: str = ""
@@ -113,24 +115,28 @@ class Runs:
         self, run: Run, sandbox: Sandbox, runtime: Runtime, body: ExecBody, seconds: float
     ) -> None:
         execution, out = run.execution, run.log
+        # The exec's deadline starts now: the install and the program share it.
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + seconds
         try:
             container_id = await self._ensure_container(sandbox)
-            run.install = await self.installer.prepare(sandbox, runtime, out)
-            if run.install.status == "failed":
+            run.install = await self._install(run, sandbox, runtime, deadline)
+            if run.interrupted or (run.install is None and not run.killed):
+                raise asyncio.CancelledError
+            if run.killed:  # killed before it started: as if SIGKILLed at once
+                self._end(run, "killed", ev.EXIT, _killed_at_once(), exit_code=137)
+                return
+            if run.install is not None and run.install.status == "failed":
+                execution.timed_out = run.install.timed_out
                 self._end(
                     run,
-                    "failed",
+                    "timed_out" if run.install.timed_out else "failed",
                     ev.ERROR,
                     {
                         "code": "install_failed",
                         "message": "dependency install failed:\n" + run.install.log[-4000:],
                     },
                 )
-                return
-            if run.interrupted:
-                raise asyncio.CancelledError
-            if run.killed:  # killed before it started: as if SIGKILLed at once
-                self._end(run, "killed", ev.EXIT, _killed_at_once(), exit_code=137)
                 return
             env = {
                 **runtime.env,
@@ -150,7 +156,7 @@ class Runs:
                 user=self.settings.sandbox_user,
                 stdin=stdin,
             )
-            timed_out = await self._pump(run, proc, seconds)
+            timed_out = await self._pump(run, proc, max(0.0, deadline - loop.time()))
             exit_code = await proc.exit_code()
             oom = await self._oom_killed(sandbox.id, container_id, exit_code, run, timed_out)
             out.close_output()
@@ -182,6 +188,7 @@ class Runs:
                 "truncated": out.budget.truncated,
                 "oom_killed": oom,
                 "idle": run.idle,
+                "killed": run.killed,  # by `POST .../kill` (status `killed`), not the kernel
             }
             if exit_code != 0:
                 tail = run.stderr_tail.decode("utf-8", "replace")
@@ -213,6 +220,24 @@ class Runs:
             run.stopped.set()
             with contextlib.suppress(PetriError):
                 self.registry.touch_sandbox(sandbox.id, now())
+
+    async def _install(
+        self, run: Run, sandbox: Sandbox, runtime: Runtime, deadline: float
+    ) -> InstallResult | None:
+        """The install phase, in a task of its own that a kill or an interrupt cancels (which
+        removes its container); None when it was cancelled."""
+        if run.killed or run.interrupted:  # stopped while its container was being made
+            return None
+        task = asyncio.create_task(self.installer.prepare(sandbox, runtime, run.log, deadline))
+        run.installing = task
+        try:
+            await asyncio.wait({task})
+        finally:
+            run.installing = None
+            if not task.done():  # this run itself was cancelled
+                task.cancel()
+                await asyncio.wait({task})
+        return None if task.cancelled() else task.result()
 
     async def _pump(self, run: Run, proc: Process, seconds: float) -> bool:
         """Stream output into the log until EOF; on the wall-clock timeout, or when no output
@@ -261,7 +286,13 @@ class Runs:
     async def stop(self, run: Run) -> None:
         """SIGKILL an execution's process group; if its output still does not end (a process
         left the group), every process of the sandbox user; if even that does not end it (no
-        helper could start), the container itself: the next exec gets a new one."""
+        helper could start), the container itself: the next exec gets a new one. During the
+        install phase, the install stops (its container is removed) before this returns."""
+        installing = run.installing
+        if installing is not None and not installing.done():
+            installing.cancel()
+            await asyncio.wait({installing}, timeout=INSTALL_STOP_SECONDS)
+            return
         sandbox = self.registry.get_sandbox(run.execution.sandbox_id)
         container_id = run.container_id or (sandbox.container_id if sandbox else "")
         if not container_id:
@@ -362,5 +393,6 @@ def _killed_at_once() -> dict[str, Any]:
         "truncated": False,
         "oom_killed": False,
         "idle": False,
+        "killed": True,
         "signal": "SIGKILL",
     }

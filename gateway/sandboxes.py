@@ -44,11 +44,11 @@ class Sandboxes:
         self.instance = instance_id(settings.data_dir)
         self.labels = {"petri.managed": "1", "petri.instance": self.instance}
         self._locks: dict[str, asyncio.Lock] = {}
-        self._starts = asyncio.Semaphore(settings.max_concurrent_starts)
         self.runs = Runs(
             settings, registry, runner, workspaces, self.installer, self._ensure_container
         )
         self._closing = False
+        self._creating: set[str] = set()  # sandboxes being created, not yet in the registry
 
     # --- lifecycle of the gateway ------------------------------------------------------------
 
@@ -121,10 +121,6 @@ class Sandboxes:
             raise Invalid(
                 f"unknown language {body.language[:32]!r}; one of: {known}", code="unknown_language"
             )
-        if self.registry.count_sandboxes() >= s.max_sandboxes:
-            raise OverLimit(
-                f"at most {s.max_sandboxes} sandboxes may exist", code="too_many_sandboxes"
-            )
         ttl = body.ttl_seconds or s.default_ttl_seconds
         if ttl > s.max_ttl_seconds:
             raise Invalid(f"ttl_seconds may be at most {s.max_ttl_seconds}", code="limit_too_high")
@@ -140,8 +136,22 @@ class Sandboxes:
             limits,
             dict(body.env or {}),
         )
-        await self.workspaces.create(sandbox.id, limits.disk_mb)
-        self.registry.put_sandbox(sandbox)
+        # The slot is taken before the first await: creates in flight count against the cap
+        # until their row exists, so a burst cannot overshoot it.
+        if self.registry.count_sandboxes() + len(self._creating) >= s.max_sandboxes:
+            raise OverLimit(
+                f"at most {s.max_sandboxes} sandboxes may exist", code="too_many_sandboxes"
+            )
+        self._creating.add(sandbox.id)
+        try:
+            await self.workspaces.create(sandbox.id, limits.disk_mb)
+            self.registry.put_sandbox(sandbox)
+        except BaseException:
+            self._creating.discard(sandbox.id)
+            with contextlib.suppress(Exception):
+                await self.workspaces.remove(sandbox.id)
+            raise
+        self._creating.discard(sandbox.id)  # counted by the registry from here on
         try:
             await self._start_container(sandbox)
         except BaseException:
@@ -218,9 +228,8 @@ class Sandboxes:
             binds=[f"{self.workspaces.get(sandbox.id).root}:/sandbox:rw"],
             env={**runtime.env, **sandbox.env},
         )
-        async with self._starts:
-            await self.runner.remove_container(spec.name)
-            container_id = await self.runner.start_container(spec)
+        await self.runner.remove_container(spec.name)
+        container_id = await self.runner.start_container(spec)  # within the runner's slots
         sandbox.container_id = container_id
         self.registry.put_sandbox(sandbox)
         self.runs.new_container(sandbox.id)
@@ -256,7 +265,7 @@ class Sandboxes:
                 return Run(done, self._finished_log(done))
         runtime = self.runtimes[sandbox.language]
         execution_id = f"ex-{secrets.token_hex(8)}"
-        argv = self._argv(sandbox, runtime, body, execution_id)
+        # Everything is checked before anything is written: a refused exec changes nothing.
         timeout = body.timeout_seconds or self.settings.exec_timeout_seconds
         if max(timeout, body.idle_timeout_seconds or 0) > self.settings.max_exec_timeout_seconds:
             raise Invalid(
@@ -264,6 +273,7 @@ class Sandboxes:
                 f"{self.settings.max_exec_timeout_seconds}",
                 code="limit_too_high",
             )
+        argv = self._argv(sandbox, runtime, body, execution_id)  # the last check; writes `code`
         execution = Execution(
             execution_id, sandbox.id, argv, test=body.test, idempotency_key=idempotency_key
         )
@@ -285,7 +295,13 @@ class Sandboxes:
             return ["/bin/bash", "-c", body.command]
         if body.code is not None:
             path = f"{CODE_DIR}/{eid}/{runtime.source_file}"
-            self.workspaces.get(sandbox.id).write(path, body.code.encode(), len(body.code) * 4 + 1)
+            workspace = self.workspaces.get(sandbox.id)
+            try:
+                workspace.write(path, body.code.encode(), len(body.code) * 4 + 1)
+            except BaseException:  # e.g. the quota is full: leave no empty folder behind
+                with contextlib.suppress(PetriError):
+                    workspace.delete(f"{CODE_DIR}/{eid}")
+                raise
             return runtime.run_argv(path)
         if body.filename is not None:
             path = "/".join(clean_path(body.filename))
@@ -368,6 +384,7 @@ class Sandboxes:
             "timed_out": execution.timed_out,
             "truncated": execution.truncated,
             "oom_killed": execution.oom_killed,
+            "killed": execution.killed,
         }
         inst = run.install.public() if run.install else {"status": "skipped", "packages": []}
         inst["log"] = "".join(install)

@@ -357,7 +357,8 @@ class Workspaces:
             image.unlink()
 
     def known(self) -> set[str]:
-        return {p.name for p in self.root.iterdir() if p.is_dir() and p.name != ".images"}
+        # Dot-folders are the gateway's own (`.images`, the egress proxy's `.egress`).
+        return {p.name for p in self.root.iterdir() if p.is_dir() and not p.name.startswith(".")}
 
     async def _mount_image(self, sandbox_id: str, path: Path, disk_mb: int) -> None:
         if os.geteuid() != 0 or shutil.which("mkfs.ext4") is None:

@@ -18,6 +18,7 @@ import pytest
 from websockets.exceptions import InvalidStatus
 from websockets.sync.client import connect as ws_connect
 
+from gateway.models import EVENT_DATA
 from tests.conftest import Gateway, running_gateway
 from tests.preview_app import pattern_bytes
 from tests.serve import (
@@ -76,6 +77,10 @@ def test_a_service_starts_answers_and_reports_ready(
     assert client.delete(f"/v1/sandboxes/{sid}/services/{created['id']}").status_code == 204
     got = events(client, created)
     check_sequence(got)
+    for event in got:  # every event is what the OpenAPI document says it is
+        model = EVENT_DATA[event.type]
+        model.model_validate(event.data)
+        assert set(event.data) <= set(model.model_fields), (event.type, event.data)
     ready_events = [e for e in got if e.type == "ready"]
     assert len(ready_events) == 1 and ready_events[0].data["port"] == 8000
     assert 0 <= ready_events[0].data["after_ms"] < 60000

@@ -152,9 +152,11 @@ class PreviewRouter:
 async def _proxy_http(
     upstream: Upstream, route: _Route, scope: Scope, receive: Receive, send: Send
 ) -> None:
-    headers = _forwarded(scope, route, DROPPED)
+    chunked = bool(_header(scope, b"transfer-encoding"))
+    # A chunked body is sent on chunked: a Content-Length beside it would not be its length.
+    headers = _forwarded(scope, route, DROPPED | {b"content-length"} if chunked else DROPPED)
     length = _header(scope, b"content-length")
-    has_body = bool(_header(scope, b"transfer-encoding")) or (length not in (b"", b"0"))
+    has_body = chunked or length not in (b"", b"0")
     body_done = not has_body
 
     async def body() -> AsyncIterator[bytes]:
@@ -175,6 +177,11 @@ async def _proxy_http(
         return
     except UpstreamError as exc:
         await _error(scope, send, 502, "service_unavailable", str(exc))
+        return
+    if response.status < 200:  # a 1xx as the final answer: not HTTP anyone can relay
+        await response.aclose()
+        message = f"the service answered {response.status} as its final response"
+        await _error(scope, send, 502, "service_unavailable", message)
         return
     try:
         await _relay_response(response, receive, send, watch=body_done)
@@ -197,7 +204,10 @@ async def _relay_response(
         while (await receive())["type"] != "http.disconnect":
             pass
 
-    headers = [(k, v) for k, v in _end_to_end(response.headers, RESPONSE_DROPPED)]
+    dropped = RESPONSE_DROPPED
+    if any(k.lower() == b"transfer-encoding" for k, _ in response.headers):
+        dropped = dropped | {b"content-length"}  # the decoded body's length is not it
+    headers = _end_to_end(response.headers, dropped)
     await send({"type": "http.response.start", "status": response.status, "headers": headers})
     length = next((v for k, v in headers if k.lower() == b"content-length"), b"")
     if length.isdigit() and int(length) <= SMALL_BODY:  # soon done: no watcher needed

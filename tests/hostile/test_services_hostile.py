@@ -200,3 +200,69 @@ def test_a_stopped_service_leaves_nothing_behind(
     assert hc.delete(f"/v1/sandboxes/{sid}/services/{service['id']}").status_code == 204
     assert pc.get(service["preview_url"]).status_code == 404
     assert_usable(hc, sid)  # nothing of the service is left running
+
+
+# --- a service that answers what no HTTP server would -------------------------------------------
+
+RAW_APP = r'''
+import socket, threading
+ANSWERS = {
+    "/": b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok",
+    "/switch": b"HTTP/1.1 101 Switching Protocols\r\n\r\nthen anything",
+    "/both": b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n"
+             b"5\r\nhello\r\n0\r\n\r\n",
+    "/garbage": b"NOT HTTP AT ALL\r\n\r\n",
+    "/short": b"HTTP/1.1 200 OK\r\nContent-Length: 1000\r\n\r\n0123456789",
+    "/bighead": b"HTTP/1.1 200 OK\r\nX-Big: " + b"a" * 300000 + b"\r\n\r\n",
+    "/odd-status": b"HTTP/1.1 599 Whatever\r\nContent-Length: 4\r\n\r\nodd!",
+    "/silent": b"",
+}
+def serve(conn):
+    with conn:
+        head = b""
+        while b"\r\n\r\n" not in head:
+            data = conn.recv(65536)
+            if not data:
+                return
+            head += data
+        path = head.split(b" ")[1].decode()
+        answer = ANSWERS.get(path, ANSWERS["/"])
+        if answer:
+            conn.sendall(answer)
+        else:
+            threading.Event().wait(600)
+server = socket.socket()
+server.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+server.bind(("127.0.0.1", 8000))
+server.listen(64)
+while True:
+    threading.Thread(target=serve, args=(server.accept()[0],), daemon=True).start()
+'''
+
+
+def test_a_service_answering_broken_http_gets_a_502_not_a_crash(
+    hostile_gateway: Gateway, hc: httpx.Client, box: MakeSandbox, pc: httpx.Client
+) -> None:
+    sid = box()["id"]
+    hc.put(f"/v1/sandboxes/{sid}/files/raw.py", content=RAW_APP.encode())
+    service = start(hc, sid, command="python3 raw.py")
+    wait_status(hc, service, "ready")
+    url = service["preview_url"]
+    assert hostile_gateway.log_path is not None
+    log_start = hostile_gateway.log_path.stat().st_size
+    for path in ("switch", "garbage", "bighead"):
+        r = pc.get(url + path)
+        assert r.status_code == 502, (path, r.status_code, r.text[:200])
+        assert r.json()["error"]["code"] == "service_unavailable"
+    r = pc.get(url + "both")  # chunked wins; its Content-Length is not passed on
+    assert r.status_code == 200 and r.content == b"hello", (r.headers, r.content)
+    r = pc.get(url + "odd-status")
+    assert r.status_code == 599 and r.content == b"odd!"
+    with pytest.raises(httpx.RemoteProtocolError):  # cut short, as the service cut it
+        pc.get(url + "short")
+    with preview_client(timeout=3) as impatient, pytest.raises(httpx.ReadTimeout):
+        impatient.get(url + "silent")
+    assert pc.get(url).content == b"ok"
+    logged = hostile_gateway.log_path.read_bytes()[log_start:].decode(errors="replace")
+    assert "Traceback" not in logged, logged[-3000:]
+    assert_gateway_fine(hostile_gateway, hc)

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from .errors import PetriError
-from .services import Services
+from .services import TOKEN, Services
 from .upstream import Headers, Refused, Upstream, UpstreamError, UpstreamResponse, UpstreamSocket
 
 log = logging.getLogger("petri.preview")
@@ -133,7 +133,8 @@ class PreviewRouter:
         if self.domain:
             host = _header(scope, b"host").decode("latin-1").lower().rsplit(":", 1)[0]
             label, dot, domain = host.partition(".")
-            if dot and domain == self.domain:
+            # Only a token's shape: `api.{domain}` may well be the gateway's own name.
+            if dot and domain == self.domain and TOKEN.match(label):
                 return _Route(label, path + _query(scope), b"")
         if not (path.startswith(PREFIX) or path == PREFIX[:-1]):
             return None

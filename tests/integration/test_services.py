@@ -420,8 +420,11 @@ def test_host_based_previews_and_the_public_url(own: Gateway) -> None:
             assert r.json()["target"] == "/headers"  # host names ignore case
             _error(pc.get(own.url + "/", headers={"Host": "a" * 52 + ".preview.test"}), 404,
                    "preview_not_found")
-            # The API is still the API on the gateway's own host name.
+            # The API is still the API on the gateway's own host name, and on any name under
+            # the preview domain that cannot be a token (`api.preview.test`, say).
             assert c.get(f"/v1/sandboxes/{sid}").status_code == 200
+            api = pc.get(f"{own.url}/v1/sandboxes/{sid}", headers={"Host": "api.preview.test"})
+            assert api.status_code == 200 and api.json()["id"] == sid
             # Path-based URLs work on the same gateway; no token reaches its logs.
             r = pc.get(f"{own.url}/preview/{token}/logged?q=1")
             assert r.json() == {"method": "GET", "path": "/logged?q=1"}

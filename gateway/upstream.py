@@ -103,9 +103,12 @@ class Upstream:
         self._open_socket = open_socket
         self._fd: int | None = None
         self._transport: httpx.AsyncHTTPTransport | None = None
+        self._closed = False
 
     def _path(self) -> str:
         """`/proc/self/fd/<fd>` of the checked socket, opened on first use."""
+        if self._closed:  # the service ended: an fd opened now would never be closed
+            raise UpstreamError("the service has ended")
         if self._fd is None:
             self._fd = self._open(self._open_socket)
             self._transport = httpx.AsyncHTTPTransport(
@@ -200,6 +203,7 @@ class Upstream:
             os.close(fd)
 
     async def aclose(self) -> None:
+        self._closed = True
         transport, fd = self._transport, self._fd
         self._transport = self._fd = None
         if transport is not None:

@@ -3,6 +3,7 @@ proxied to a real app in a sandbox), their lifetimes, limits and clean-up."""
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -11,6 +12,7 @@ import secrets
 import signal
 import time
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -265,7 +267,7 @@ def test_a_preview_expires_with_410_and_stops_the_service(
 
 
 def test_delete_stops_the_service_and_revokes_its_url(
-    client: httpx.Client, new_sandbox: MakeSandbox, pc: httpx.Client
+    gateway: Gateway, client: httpx.Client, new_sandbox: MakeSandbox, pc: httpx.Client
 ) -> None:
     sid = new_sandbox()["id"]
     service = start_ready(client, sid)
@@ -277,20 +279,39 @@ def test_delete_stops_the_service_and_revokes_its_url(
     r = run(client, sid, "ls /proc | grep -c '^[0-9]*$'; ls -A .petri/services")
     count, *files = r["stdout"].split()
     assert int(count) <= 6 and files == [], r  # app and relay gone, socket removed
+    assert not _open_in(gateway, str(gateway.workspace_root / sid))  # its fd is closed
     assert client.delete(path).status_code == 204  # stopping again is fine
     _error(client.get(f"/v1/sandboxes/{sid}/services/sv-nope"), 404, "service_not_found")
     _error(client.delete(f"/v1/sandboxes/{sid}/services/sv-nope"), 404, "service_not_found")
 
 
+def _open_in(gateway: Gateway, folder: str) -> list[str]:
+    """Files under `folder` the gateway process holds open (fds, O_PATH ones included)."""
+    assert gateway.proc is not None
+    found = []
+    for fd in Path(f"/proc/{gateway.proc.pid}/fd").iterdir():
+        with contextlib.suppress(OSError):
+            target = os.readlink(fd)
+            if target.startswith(folder):
+                found.append(target)
+    return found
+
+
 def test_deleting_the_sandbox_revokes_its_previews(
-    client: httpx.Client, pc: httpx.Client
+    gateway: Gateway, client: httpx.Client, pc: httpx.Client
 ) -> None:
     sid = client.post("/v1/sandboxes", json={"language": "python"}).json()["id"]
     service = start_ready(client, sid)
     assert pc.get(service["preview_url"]).status_code == 200
+    workspace = str(gateway.workspace_root / sid)
+    assert _open_in(gateway, workspace)  # the relay's socket, held while the service runs
     assert client.delete(f"/v1/sandboxes/{sid}").status_code == 204
     _error(pc.get(service["preview_url"]), 404, "preview_not_found")
     _error(client.get(f"/v1/sandboxes/{sid}/services"), 404, "sandbox_not_found")
+    deadline = time.monotonic() + 10
+    while held := _open_in(gateway, workspace):  # nothing keeps the old workspace busy
+        assert time.monotonic() < deadline, held
+        time.sleep(0.1)
 
 
 def test_too_many_services_is_429_and_bad_bodies_422_change_nothing(

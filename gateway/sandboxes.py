@@ -96,10 +96,11 @@ class Sandboxes:
     async def shutdown(self) -> None:
         """Let running execs finish within the grace period, then interrupt them."""
         self._closing = True
+        runs = list(self.runs.live.values())
         # Services never finish by themselves: they are interrupted at once, below.
-        runs = [r for r in self.runs.live.values() if not r.service]
-        if runs:
-            done = asyncio.gather(*(r.stopped.wait() for r in runs))
+        finishing = [r for r in runs if not r.service]
+        if finishing:
+            done = asyncio.gather(*(r.stopped.wait() for r in finishing))
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(done, self.settings.shutdown_grace_seconds)
         for run in list(self.runs.live.values()):

@@ -512,3 +512,25 @@ def _stderr_so_far(client: httpx.Client, service: dict[str, Any]) -> str:
     except httpx.ReadTimeout:
         pass
     return "".join(out)
+
+
+def test_a_graceful_stop_ends_services_at_once_and_cleanly(own: Gateway) -> None:
+    with own.client() as c:
+        sid = c.post("/v1/sandboxes", json={"language": "python"}).json()["id"]
+        service = start_ready(c, sid)
+    assert own.log_path is not None
+    log_start = own.log_path.stat().st_size
+    started = time.monotonic()
+    assert own.stop(signal.SIGTERM) in (0, -signal.SIGTERM)  # uvicorn re-raises it
+    took = time.monotonic() - started
+    assert took < 4.5, f"shutdown waited {took:.1f} s for a service (the grace is 5 s)"
+    logged = own.log_path.read_bytes()[log_start:].decode(errors="replace")
+    assert "Traceback" not in logged and "never retrieved" not in logged, logged[-3000:]
+    own.start()
+    with own.client() as c:
+        found = get(c, service)
+        assert found["status"] == "exited" and found["ended_at"], found
+        got = events(c, service)
+        check_sequence(got)
+        assert got[-1].type == "error" and got[-1].data["code"] == "interrupted"
+        c.delete(f"/v1/sandboxes/{sid}")

@@ -377,6 +377,10 @@ class Registry:
         ).fetchone()
         return Service(*row) if row else None
 
+    def service_exists(self, service_id: str) -> bool:
+        row = self._db.execute("SELECT 1 FROM services WHERE id = ?", (service_id,)).fetchone()
+        return row is not None
+
     def list_services(self, sandbox_id: str) -> list[Service]:
         rows = self._db.execute(
             f"SELECT {_SERVICE_COLUMNS} FROM services WHERE sandbox_id = ? ORDER BY created_at",

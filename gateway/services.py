@@ -45,6 +45,7 @@ READY = "ready"
 TOKEN = re.compile(r"^[a-z2-7]{52}$")  # base32 of 32 random bytes, lower case
 TOUCH_SECONDS = 1.0  # preview traffic renews the sandbox's TTL at most this often
 STOP_WAIT_SECONDS = 15.0
+PRUNE_AT = 1000  # known tokens past which those of deleted sandboxes are forgotten
 # $1 socket path, $2 port, $3 command. The relay's own messages go nowhere: they are not the
 # service's output. It is in the exec's process group, so it ends with the service. Large
 # blocks and TCP_NODELAY: with socat's 8 KiB default, Nagle's algorithm and delayed ACKs held
@@ -141,6 +142,7 @@ class Services:
             token_hash(token),
         )
         # No await from the count above to here: two creates cannot both take the last place.
+        self._prune()
         self.registry.put_execution(execution)
         self.registry.put_service(service)
         run_log = ExecutionLog(
@@ -220,6 +222,16 @@ class Services:
             raise BadGateway(f"the service is not running ({status})", code="service_unavailable")
         self._touch(service.sandbox_id)
         return live.service, live.upstream
+
+    def _prune(self) -> None:
+        """Forget tokens of services whose sandbox was deleted since (memory stays bounded)."""
+        if len(self._tokens) < PRUNE_AT:
+            return
+        for service_id in list(self._tokens):
+            if service_id not in self._live and not self.registry.service_exists(service_id):
+                self._tokens.pop(service_id, None)
+        known = {v.service.sandbox_id for v in self._live.values()}
+        self._touched = {k: v for k, v in self._touched.items() if k in known}
 
     def _touch(self, sandbox_id: str) -> None:
         at = time.monotonic()

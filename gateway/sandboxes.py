@@ -98,8 +98,10 @@ class Sandboxes:
         """Let running execs finish within the grace period, then interrupt them."""
         self._closing = True
         runs = list(self.runs.live.values())
-        if runs:
-            done = asyncio.gather(*(r.stopped.wait() for r in runs))
+        # Services never finish by themselves: they are interrupted at once, below.
+        finishing = [r for r in runs if not r.service]
+        if finishing:
+            done = asyncio.gather(*(r.stopped.wait() for r in finishing))
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(done, self.settings.shutdown_grace_seconds)
         for run in list(self.runs.live.values()):

@@ -42,7 +42,7 @@ from gateway.runner import Runner
 from gateway.runtimes import load_runtimes
 from gateway.workspace import Workspaces
 from tests.conftest import cleanup_containers, make_gateway, remove_tree
-from tests.integration.test_deps import Server, build_wheel, write_simple_index
+from tests.index import Server, build_wheel, write_simple_index
 
 HI = {"code": "print('hi')"}
 pct = report.pct

@@ -4,12 +4,16 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import logging
+import socket
 import sys
 from types import FrameType
 
+import h11
 import uvicorn
 from sse_starlette.sse import AppStatus
+from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from .config import Settings, SettingsError
 from .images import ImageBuildError, build_images
@@ -32,6 +36,48 @@ class _Server(uvicorn.Server):
         super().handle_exit(sig, frame)
 
 
+class HeadTimeoutProtocol(H11Protocol):
+    """uvicorn's HTTP/1.1 protocol with a deadline for the request head, which uvicorn lacks
+    (slowloris): a connection whose request line and headers are not complete `header_timeout`
+    seconds after it opened, or after its previous response, is closed. A request whose head
+    is complete is the app's, however long it streams (SSE) or uploads."""
+
+    header_timeout: float = 10.0
+    _head_timer: asyncio.TimerHandle | None = None
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        self._arm_head_timer()
+
+    def on_response_complete(self) -> None:
+        super().on_response_complete()
+        self._arm_head_timer()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self._head_timer is not None:
+            self._head_timer.cancel()
+        super().connection_lost(exc)
+
+    def _arm_head_timer(self) -> None:
+        if self._head_timer is not None:
+            self._head_timer.cancel()
+        self._head_timer = None
+        if not self.transport.is_closing():
+            self._head_timer = self.loop.call_later(self.header_timeout, self._head_deadline)
+
+    def _head_deadline(self) -> None:
+        self._head_timer = None
+        # The client is still IDLE in h11's terms: no complete request head since the timer
+        # was armed (a head followed by a response in progress is never cut).
+        waiting = self.conn.their_state is h11.IDLE and not self.transport.is_closing()
+        if waiting and (self.cycle is None or self.cycle.response_complete):
+            self.transport.close()
+
+
+def _http_protocol(header_timeout: float) -> type[HeadTimeoutProtocol]:
+    return type("PetriHTTPProtocol", (HeadTimeoutProtocol,), {"header_timeout": header_timeout})
+
+
 def serve(host: str, port: int) -> int:
     from .routes import create_app
 
@@ -40,6 +86,8 @@ def serve(host: str, port: int) -> int:
     except SettingsError as exc:
         print(f"petri: bad configuration: {exc}", file=sys.stderr)
         return 2
+    if not settings.public_url:
+        settings = dataclasses.replace(settings, public_url=public_url(host, port))
     # Streams end by their own terminal event on shutdown; sse-starlette must not cut them.
     AppStatus.disable_automatic_graceful_drain()  # type: ignore[no-untyped-call]
     config = uvicorn.Config(
@@ -49,9 +97,21 @@ def serve(host: str, port: int) -> int:
         log_level=settings.log_level,
         timeout_graceful_shutdown=15,
         proxy_headers=False,
+        http=_http_protocol(settings.header_timeout_seconds),
+        # A service's own `Server` header passes through its preview unchanged.
+        server_header=False,
     )
     _Server(config).run()
     return 0
+
+
+def public_url(host: str, port: int) -> str:
+    """Where clients reach `petri serve --host H --port P` (the default `PETRI_PUBLIC_URL`)."""
+    if host in ("0.0.0.0", "::", ""):
+        host = socket.getfqdn()
+    if ":" in host:
+        host = f"[{host}]"
+    return f"http://{host}:{port}"
 
 
 def images(names: list[str], force: bool) -> int:

@@ -3,19 +3,27 @@
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import os
+import re
+import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .egress import parse_allowlist
+from .egress import SOCKET_PATH_MAX, parse_allowlist
 
+_PUBLIC_URL = re.compile(r"^https?://[^/?#\s]+(/[^?#\s]*)?$")
+_LABEL = r"[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?"
+_DOMAIN = re.compile(rf"^(?=.{{1,190}}$)({_LABEL}\.)*{_LABEL}$")
 DEFAULT_CA_BUNDLE = "/etc/ssl/certs/ca-certificates.crt"
 DEFAULT_EGRESS_ALLOW = (
     "pypi.org,files.pythonhosted.org,registry.npmjs.org,proxy.golang.org,sum.golang.org,"
     "storage.googleapis.com,repo.maven.apache.org,repo1.maven.org"
 )
+# Room for "/<sandbox id>.sock" (25 bytes) behind the socket directory.
+SOCKET_DIR_MAX = SOCKET_PATH_MAX - len("/sb-0123456789abcdef.sock")
 
 
 class SettingsError(ValueError):
@@ -61,13 +69,21 @@ class Settings:
             "hosts install containers may reach: `host`, `host:port`, `*.suffix`, `.suffix`"
         ),
     )
-    egress_network: str = field(
-        default="petri-egress",
-        metadata=_meta("internal Docker network of install containers (made when missing)"),
+    egress_socket_dir: str = field(
+        default="",
+        metadata=_meta(
+            "host directory of the egress proxy's Unix sockets, one per running install, "
+            "bind-mounted into install containers (a path Docker sees as the gateway does; "
+            f"at most {SOCKET_DIR_MAX} bytes); empty: `<workspace root>/.egress`, or "
+            "`$TMPDIR/petri-egress-<hash>` where that is too long"
+        ),
     )
     egress_port: int = field(
-        default=0,
-        metadata=_meta("port of the egress proxy on that network's gateway address; 0: any free"),
+        default=3128,
+        metadata=_meta(
+            "port of the egress relay on 127.0.0.1 inside install containers (their "
+            "HTTP(S)_PROXY), which passes connections to the proxy's socket"
+        ),
     )
     sandbox_user: str = field(default="1000:1000", metadata=_meta("uid:gid programs run as"))
     default_ttl_seconds: int = field(
@@ -81,7 +97,8 @@ class Settings:
     )
     max_exec_timeout_seconds: int = field(default=3600, metadata=_meta("largest `timeout_seconds`"))
     install_timeout_seconds: int = field(
-        default=600, metadata=_meta("wall-clock limit of one dependency install")
+        default=600,
+        metadata=_meta("wall-clock cap of one dependency install, within the exec's timeout"),
     )
     memory_mb: int = field(default=512, metadata=_meta("default sandbox memory (swap off)"))
     max_memory_mb: int = field(default=4096, metadata=_meta("largest memory a client may ask for"))
@@ -117,12 +134,25 @@ class Settings:
     zip_max_bytes: int = field(
         default=512 * 1024 * 1024, metadata=_meta("most bytes a zip may expand to")
     )
-    max_sandboxes: int = field(default=100, metadata=_meta("most live sandboxes; more is 429"))
+    max_sandboxes: int = field(
+        default=100, metadata=_meta("most live sandboxes; more is 429 (creates in flight count)")
+    )
     max_concurrent_starts: int = field(
-        default=4, metadata=_meta("containers created at once; others queue")
+        default=4, metadata=_meta("containers being created and started at once; others queue")
+    )
+    max_concurrent_installs: int = field(
+        default=4,
+        metadata=_meta(
+            "dependency installs running at once (one per sandbox); others queue within "
+            "their exec's timeout"
+        ),
     )
     keepalive_seconds: float = field(
         default=15.0, metadata=_meta("SSE keep-alive comment interval")
+    )
+    header_timeout_seconds: float = field(
+        default=10.0,
+        metadata=_meta("seconds a client has to send a request's line and headers; then closed"),
     )
     reaper_interval_seconds: float = field(
         default=60.0, metadata=_meta("how often expired sandboxes are removed")
@@ -137,6 +167,20 @@ class Settings:
         default="", metadata=_meta("comma-separated origins browsers may call from; `*` for any")
     )
     log_level: str = field(default="info", metadata=_meta("uvicorn log level"))
+    public_url: str = field(
+        default="",
+        metadata=_meta("base of preview URLs; empty: `http://{host}:{port}` of `petri serve`"),
+    )
+    preview_domain: str = field(
+        default="",
+        metadata=_meta("with a wildcard DNS name, `{token}.{domain}` serves previews too"),
+    )
+    preview_ttl_seconds: int = field(
+        default=3600, metadata=_meta("default life of a service and its preview URL")
+    )
+    max_services_per_sandbox: int = field(
+        default=4, metadata=_meta("services running at once in one sandbox; more is 429")
+    )
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
@@ -166,11 +210,15 @@ class Settings:
             "nofile",
             "default_ttl_seconds",
             "max_concurrent_starts",
+            "max_concurrent_installs",
+            "egress_port",
             "keepalive_seconds",
+            "header_timeout_seconds",
             "reaper_interval_seconds",
             "output_budget_bytes",
             "max_body_bytes",
             "install_timeout_seconds",
+            "preview_ttl_seconds",
         )
         for name in positive:
             if not getattr(self, name) > 0:
@@ -182,6 +230,7 @@ class Settings:
             ("pids_limit", "max_pids_limit"),
             ("exec_timeout_seconds", "max_exec_timeout_seconds"),
             ("disk_mb", "max_disk_mb"),
+            ("preview_ttl_seconds", "max_ttl_seconds"),
         )
         for low, high in pairs:
             if getattr(self, low) > getattr(self, high):
@@ -194,9 +243,19 @@ class Settings:
         except ValueError as exc:
             raise SettingsError(f"PETRI_EGRESS_ALLOW: {exc}") from None
         if self.egress_port > 65535:
-            raise SettingsError("PETRI_EGRESS_PORT must be a port number (0: any free port)")
+            raise SettingsError("PETRI_EGRESS_PORT must be a port number (1-65535)")
+        sockets = self.egress_sockets
+        if not sockets.is_absolute() or len(os.fsencode(sockets)) > SOCKET_DIR_MAX:
+            raise SettingsError(
+                f"PETRI_EGRESS_SOCKET_DIR {str(sockets)!r} must be an absolute path of at most "
+                f"{SOCKET_DIR_MAX} bytes (a Unix socket path holds 107); set a shorter one"
+            )
         if self.ca_bundle and not Path(self.ca_bundle).is_file():
             raise SettingsError(f"PETRI_CA_BUNDLE {self.ca_bundle!r} is not a file")
+        if self.public_url and not _PUBLIC_URL.match(self.public_url):
+            raise SettingsError("PETRI_PUBLIC_URL must be an http(s) URL without a query")
+        if self.preview_domain and not _DOMAIN.match(self.preview_domain):
+            raise SettingsError("PETRI_PREVIEW_DOMAIN must be a DNS name like preview.example.com")
         if not (self.runtimes_dir / "python").is_dir():
             raise SettingsError(f"PETRI_RUNTIMES_DIR {str(self.runtimes_dir)!r} holds no runtimes")
 
@@ -207,6 +266,18 @@ class Settings:
     @property
     def gid(self) -> int:
         return int(self.sandbox_user.partition(":")[2])
+
+    @property
+    def egress_sockets(self) -> Path:
+        """Where the egress proxy's per-install sockets live: by default beside the
+        workspaces (a deployment in a container shares that path with Docker already)."""
+        if self.egress_socket_dir:
+            return Path(self.egress_socket_dir)
+        default = self.workspace_root / ".egress"
+        if len(os.fsencode(default)) <= SOCKET_DIR_MAX:
+            return default
+        digest = hashlib.sha256(os.fsencode(self.workspace_root)).hexdigest()[:12]
+        return Path(tempfile.gettempdir()) / f"petri-egress-{digest}"
 
     @property
     def egress_hosts(self) -> tuple[str, ...]:

@@ -1,10 +1,12 @@
 """The egress allowlist: a small HTTP proxy that install containers use to reach registries.
 
-Install containers sit on an internal Docker network with no route out; the only thing they
-can reach is this proxy, listening on that network's gateway address on the host. It serves
+Install containers have no network but loopback (`NetworkMode: none`); the only thing they
+can reach is this proxy, through a Unix socket of their own that is bind-mounted into them
+(a relay inside turns it into `127.0.0.1:<port>` for HTTP(S)_PROXY). It serves
 `CONNECT host:port` (HTTPS, tunnelled as opaque bytes: no TLS interception) and plain-HTTP
 requests in absolute-URI form (`GET http://host/path`), and only to hosts on the allowlist
-(`PETRI_EGRESS_ALLOW`); anything else is answered `403`.
+(`PETRI_EGRESS_ALLOW`); anything else is answered `403`. Connections are capped per source
+(`SOURCE_CONNECTIONS`) and in all (`MAX_CONNECTIONS`): past either, `503`.
 
 Allowlist entries: `host` (ports 80 and 443), `host:port` (that port only), `*.suffix`
 (subdomains of suffix), `.suffix` (suffix and its subdomains), and IP literals (`[v6]:port`).
@@ -14,11 +16,16 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
+import functools
 import ipaddress
 import logging
+import os
 import re
+import stat
 from collections.abc import Iterable
 from dataclasses import dataclass
+from pathlib import Path
 
 log = logging.getLogger("petri.egress")
 
@@ -27,7 +34,9 @@ HEAD_LIMIT = 16 * 1024
 HEAD_TIMEOUT = 30.0
 CONNECT_TIMEOUT = 15.0
 IDLE_TIMEOUT = 120.0
-MAX_CONNECTIONS = 256
+MAX_CONNECTIONS = 256  # at once, every source together
+SOURCE_CONNECTIONS = 32  # at once, from one source (one sandbox's install)
+SOCKET_PATH_MAX = 107  # sun_path holds 108 bytes with the NUL
 _LABEL = re.compile(r"^(?!-)[a-z0-9_-]{1,63}(?<!-)$")
 _HOP_HEADERS = frozenset(
     {b"proxy-connection", b"proxy-authorization", b"connection", b"keep-alive"}
@@ -113,64 +122,116 @@ def allowed(rules: Iterable[Rule], host: str, port: int) -> bool:
 
 
 class EgressProxy:
-    """An allowlisting HTTP proxy on plain asyncio streams."""
+    """An allowlisting HTTP proxy on plain asyncio streams, served on one Unix socket per
+    source (a sandbox's install): a connection's socket says whose it is, so each source
+    has its own cap beside the global one and its tunnels end with it."""
 
-    def __init__(self, allow: Iterable[str], *, idle_timeout: float = IDLE_TIMEOUT) -> None:
+    def __init__(
+        self,
+        allow: Iterable[str],
+        *,
+        idle_timeout: float = IDLE_TIMEOUT,
+        max_connections: int = MAX_CONNECTIONS,
+        per_source: int = SOURCE_CONNECTIONS,
+    ) -> None:
         self.rules = parse_allowlist(allow)
         self.idle_timeout = idle_timeout
+        self.max_connections = max_connections
+        self.per_source = per_source
         self.refused = 0
-        self._server: asyncio.Server | None = None
-        self._slots = asyncio.Semaphore(MAX_CONNECTIONS)
-        self._tasks: set[asyncio.Task[None]] = set()
-        self.host = ""
-        self.port = 0
+        self._servers: dict[str, tuple[asyncio.Server, Path]] = {}
+        self._tasks: dict[str, set[asyncio.Task[None]]] = {}
+        self._open = 0
 
-    @property
-    def url(self) -> str:
-        host = f"[{self.host}]" if ":" in self.host else self.host
-        return f"http://{host}:{self.port}"
+    def path(self, source: str) -> Path | None:
+        """The socket `source` is served on, None when it is not."""
+        entry = self._servers.get(source)
+        return entry[1] if entry else None
 
-    @property
-    def running(self) -> bool:
-        return self._server is not None
+    def connections(self, source: str) -> int:
+        return len(self._tasks.get(source, ()))
 
-    async def start(self, host: str, port: int = 0) -> None:
-        self._server = await asyncio.start_server(self._serve, host, port, limit=HEAD_LIMIT)
-        self.host, self.port = host, int(self._server.sockets[0].getsockname()[1])
-        log.info("egress proxy on %s allows %d host rule(s)", self.url, len(self.rules))
+    async def listen(self, source: str, path: Path, owner: tuple[int, int] | None = None) -> None:
+        """Serve `source` on a Unix socket of its own at `path` (replacing a stale file there),
+        connectable only by `owner` (uid, gid) when the gateway may chown, else by anyone
+        who can reach its directory."""
+        await self.unlisten(source)
+        if len(os.fsencode(path)) > SOCKET_PATH_MAX:
+            raise OSError(errno.ENAMETOOLONG, f"socket path longer than {SOCKET_PATH_MAX} bytes")
+        with contextlib.suppress(FileNotFoundError):
+            if stat.S_ISDIR(os.lstat(path).st_mode):
+                path.rmdir()  # Docker makes a missing bind source a directory: never ours
+            else:
+                path.unlink()
+        server = await asyncio.start_unix_server(
+            functools.partial(self._serve, source), str(path), limit=HEAD_LIMIT
+        )
+        try:
+            if owner is not None and os.geteuid() == 0:
+                os.chown(path, *owner)
+                os.chmod(path, 0o600)
+            else:
+                os.chmod(path, 0o666)
+        except OSError:
+            server.close()
+            path.unlink(missing_ok=True)
+            raise
+        self._servers[source] = (server, path)
+        log.debug("egress proxy for %s on %s", source, path)
+
+    async def unlisten(self, source: str) -> None:
+        """Stop serving `source`: its socket goes away and its open tunnels end."""
+        entry = self._servers.pop(source, None)
+        if entry is not None:
+            server, path = entry
+            server.close()
+            with contextlib.suppress(FileNotFoundError):
+                path.unlink()
+        tasks = self._tasks.get(source, set())
+        for task in list(tasks):
+            task.cancel()
+        if tasks:
+            await asyncio.gather(*tasks, return_exceptions=True)
 
     async def close(self) -> None:
-        if self._server is not None:
-            self._server.close()
-            self._server = None
-        for task in list(self._tasks):
-            task.cancel()
-        if self._tasks:
-            await asyncio.gather(*self._tasks, return_exceptions=True)
+        for source in list(self._servers) + list(self._tasks):
+            await self.unlisten(source)
 
-    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    async def _serve(
+        self, source: str, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> None:
         task = asyncio.current_task()
-        if task is not None:
-            self._tasks.add(task)
+        assert task is not None
+        mine = self._tasks.setdefault(source, set())
+        mine.add(task)
+        self._open += 1
         try:
-            if self._slots.locked():
+            if len(mine) > self.per_source:
+                await _reply(writer, 503, f"more than {self.per_source} proxy connections at once")
+                return
+            if self._open > self.max_connections:
                 await _reply(writer, 503, "too many proxy connections")
                 return
-            async with self._slots:
-                await self._handle(reader, writer)
+            await self._handle(source, reader, writer)
         except (ConnectionError, asyncio.IncompleteReadError, TimeoutError):
+            pass
+        except asyncio.CancelledError:  # unlisten/close: this connection ends here, quietly
             pass
         except asyncio.LimitOverrunError:
             with contextlib.suppress(ConnectionError):
                 await _reply(writer, 431, "request head too large")
         finally:
+            self._open -= 1
+            mine.discard(task)
+            if not mine and self._tasks.get(source) is mine:
+                del self._tasks[source]
             writer.close()
             with contextlib.suppress(ConnectionError, TimeoutError):
                 await asyncio.wait_for(writer.wait_closed(), 5)
-            if task is not None:
-                self._tasks.discard(task)
 
-    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    async def _handle(
+        self, source: str, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> None:
         head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), HEAD_TIMEOUT)
         line, _, rest = head.partition(b"\r\n")
         parts = line.split()
@@ -183,10 +244,9 @@ class EgressProxy:
         except (ValueError, UnicodeDecodeError) as exc:
             await _reply(writer, 400, str(exc))
             return
-        peer = writer.get_extra_info("peername")
         if not allowed(self.rules, host, port):
             self.refused += 1
-            log.warning("egress refused: %s:%d (from %s)", host, port, peer[0] if peer else "?")
+            log.warning("egress refused: %s:%d (from %s)", host, port, source)
             await _reply(
                 writer, 403, f"{host}:{port} is not on the egress allowlist (PETRI_EGRESS_ALLOW)"
             )

@@ -62,3 +62,8 @@ class AppFailed(PetriError):
     (`app_not_ready`). It ends an execution as its `error` event, never an HTTP answer."""
 
     status, code = 422, "app_exited"
+
+class BadGateway(PetriError):
+    """A sandbox's service did not answer (exited, not listening, broke the connection)."""
+
+    status, code = 502, "bad_gateway"

@@ -60,4 +60,8 @@ class Event:
 
 
 def keepalive() -> bytes:
-    return b": keep-alive\n\n"
+    """A keep-alive: one comment line and no blank line after it. The SSE spec ignores comment
+    lines, and with no blank line no client can dispatch anything. (A comment followed by a
+    blank line is not safe: httpx-sse, florimondmanca/httpx-sse#35, turns that blank line into
+    an empty `message` event repeating the last id.) Send it only between whole events."""
+    return b": keep-alive\n"

@@ -1,9 +1,13 @@
 """The install phase: a dependency plan run in a short-lived container of the sandbox's image.
 
-The container writes into the workspace and reaches the network only through the gateway's
-allowlisting egress proxy on an internal Docker network; its output is streamed as `install`
-events (never program output), and what it installed is recorded for the cache and the bill
-of materials.
+The container writes into the workspace and has no network but loopback (`NetworkMode:
+none`). Its only way out is the gateway's allowlisting egress proxy, served for this install
+alone on a Unix socket that is bind-mounted into it; a relay inside (`socat`, started by the
+install script) turns that socket into `127.0.0.1:$PETRI_EGRESS_PORT`, where HTTP(S)_PROXY,
+npm, Maven and git point. Install and program share the exec's deadline; the container also
+bounds itself (`timeout -s KILL`), so it ends even when the gateway dies. Its output is
+streamed as `install` events (never program output), and what it installed is recorded for
+the cache and the bill of materials.
 """
 
 from __future__ import annotations
@@ -11,9 +15,12 @@ from __future__ import annotations
 import asyncio
 import codecs
 import contextlib
+import errno
 import importlib.util
 import logging
-import time
+import math
+import os
+import socket
 import weakref
 from collections import deque
 from pathlib import Path
@@ -30,7 +37,7 @@ from .deps import (
     is_hit,
     parse_packages,
 )
-from .egress import EgressProxy
+from .egress import MAX_CONNECTIONS, SOURCE_CONNECTIONS, EgressProxy
 from .errors import PetriError
 from .models import Sandbox, iso, now
 from .registry import Registry
@@ -44,13 +51,25 @@ TOOLS_DIR = f"{STATE_DIR}/tools"
 PACKAGES_FILE = f"{STATE_DIR}/packages.txt"
 STAMP_FILE = f"{STATE_DIR}/stamp"
 CA_PATH = "/etc/petri/ca-bundle.crt"
+SOCKET_PATH = "/run/petri/egress.sock"  # the proxy's socket, inside the install container
 RECORD = "deps"  # registry key (scope: sandbox id) of the last successful install
 INSTALL = "install"
 EMIT_CHARS = 1024 * 1024  # install output streamed per install; past it, only its tail
 TAIL_CHARS = 64 * 1024
 BOM_MAX_BYTES = 16 * 1024 * 1024
 TOOL_MAX_BYTES = 4 * 1024 * 1024
+# The container's own bound lags the gateway's, so the gateway's timeout is what is seen.
+SELF_BOUND_GRACE_SECONDS = 3
+# The relay listens before the plan runs (its LISTEN line in /proc/net/tcp: no connection
+# to the proxy is spent on checking); its errors go to the install output.
 SCRIPT = """set -e
+socat TCP-LISTEN:{port},bind=127.0.0.1,fork,reuseaddr UNIX-CONNECT:{socket} &
+i=0
+until grep -q ' 0100007F:{hexport} 00000000:0000 0A ' /proc/net/tcp; do
+  i=$((i + 1))
+  if [ "$i" -gt 200 ]; then echo 'petri: the egress relay did not start' >&2; exit 1; fi
+  sleep 0.05
+done
 mkdir -p /sandbox/{state}
 cd /sandbox
 {run}
@@ -63,8 +82,9 @@ class EgressUnavailable(PetriError):
 
 
 class ContainerInstaller(Installer):
-    """Runs install plans in short-lived containers on an internal network whose only way
-    out is the allowlisting egress proxy. One install at a time per sandbox."""
+    """Runs install plans in short-lived containers whose only way out is the allowlisting
+    egress proxy. One install at a time per sandbox, at most `max_concurrent_installs` in
+    all (in the order they asked), each within its exec's deadline."""
 
     def __init__(
         self,
@@ -79,19 +99,28 @@ class ContainerInstaller(Installer):
         self.runner = runner
         self.workspaces = workspaces
         self.labels = labels or {"petri.managed": "1"}
-        self.proxy = EgressProxy(settings.egress_hosts)
-        self._egress_lock = asyncio.Lock()
+        # Every running install can always open its own share of connections.
+        most = max(MAX_CONNECTIONS, SOURCE_CONNECTIONS * settings.max_concurrent_installs)
+        self.proxy = EgressProxy(settings.egress_hosts, max_connections=most)
         self._locks: weakref.WeakValueDictionary[str, asyncio.Lock] = weakref.WeakValueDictionary()
-        self._slots = asyncio.Semaphore(settings.max_concurrent_starts)
+        self._installs = asyncio.Semaphore(settings.max_concurrent_installs)
 
     async def start(self) -> None:
         try:
-            await self._egress()
-        except PetriError as exc:
-            log.warning("egress proxy not started (%s); will retry at the first install", exc)
+            await asyncio.to_thread(_socket_dir, self.settings.egress_sockets, sweep=True)
+        except OSError as exc:
+            log.warning("egress socket directory not ready (%s); retried at each install", exc)
 
     async def close(self) -> None:
+        """Stop the proxy and remove install containers that are still there (the runs
+        that owned them were interrupted)."""
         await self.proxy.close()
+        if "petri.instance" not in self.labels:
+            return
+        with contextlib.suppress(PetriError):
+            found = await self.runner.list_containers({**self.labels, "petri.role": "install"})
+            for container_id, _ in found:
+                await self.runner.remove_container(container_id)
 
     def exec_env(self, sandbox: Sandbox, runtime: Runtime) -> dict[str, str]:
         return dict(runtime.install.env) if runtime.install else {}
@@ -107,11 +136,14 @@ class ContainerInstaller(Installer):
 
     async def discard(self, sandbox: Sandbox) -> None:
         await self.runner.remove_container(self._name(sandbox))
+        await self.proxy.unlisten(sandbox.id)
 
     def _name(self, sandbox: Sandbox) -> str:
         return f"petri-{self.labels.get('petri.instance', 'gw')}-{sandbox.id}-install"
 
-    async def prepare(self, sandbox: Sandbox, runtime: Runtime, sink: InstallSink) -> InstallResult:
+    async def prepare(
+        self, sandbox: Sandbox, runtime: Runtime, sink: InstallSink, deadline: float | None = None
+    ) -> InstallResult:
         spec = runtime.install
         if spec is None or not spec.plans:
             return InstallResult("skipped")
@@ -120,7 +152,15 @@ class ContainerInstaller(Installer):
             lock = self._locks[sandbox.id] = asyncio.Lock()
         if lock.locked():
             _say(sink, "petri: waiting for another install in this sandbox to finish\n")
-        async with lock:
+        try:
+            async with asyncio.timeout_at(deadline):
+                await lock.acquire()
+        except TimeoutError:
+            text = "petri: dependency install timed out waiting for another install in this "
+            text += "sandbox (the exec's timeout_seconds ran out)\n"
+            _say(sink, text)
+            return InstallResult("failed", log=text, timed_out=True)
+        try:
             workspace = self.workspaces.get(sandbox.id)
             record = self.registry.get_value(sandbox.id, RECORD)
             choice, hit = await asyncio.to_thread(_inspect, spec, workspace, record)
@@ -132,7 +172,9 @@ class ContainerInstaller(Installer):
                 return InstallResult("skipped", log=text)
             if hit:
                 return InstallResult("cached", list(record["packages"]))
-            return await self._install(sandbox, runtime, spec, choice, sink)
+            return await self._install(sandbox, runtime, spec, choice, sink, deadline)
+        finally:
+            lock.release()
 
     async def _install(
         self,
@@ -141,20 +183,41 @@ class ContainerInstaller(Installer):
         spec: InstallSpec,
         choice: Choice,
         sink: InstallSink,
+        deadline: float | None,
     ) -> InstallResult:
+        s = self.settings
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        end = started + s.install_timeout_seconds
+        why = f"PETRI_INSTALL_TIMEOUT_SECONDS={s.install_timeout_seconds}"
+        if deadline is not None and deadline < end:
+            end, why = deadline, "the exec's timeout_seconds ran out"
         workspace = self.workspaces.get(sandbox.id)
         await asyncio.to_thread(_stage, workspace, runtime, spec)
-        url = await self._egress()
         out = InstallLog(sink)
         out.say(f"petri: installing dependencies ({choice.plan.name})\n")
-        started = time.monotonic()
-        async with self._slots:
-            code = await self._run(self._container(sandbox, runtime, spec, choice, url), out)
-        took = time.monotonic() - started
+        if self._installs.locked():
+            out.say(f"petri: waiting for an install slot ({s.max_concurrent_installs} running)\n")
+        try:
+            async with asyncio.timeout_at(end):
+                await self._installs.acquire()
+        except TimeoutError:
+            out.finish(f"petri: dependency install timed out waiting for an install slot ({why})\n")
+            return InstallResult("failed", log=out.tail(), timed_out=True)
+        try:
+            socket_path = await self._listen(sandbox)
+            bound = math.ceil(end - loop.time()) + SELF_BOUND_GRACE_SECONDS
+            container = self._container(sandbox, runtime, spec, choice, socket_path, bound)
+            code = await self._run(container, out, end)
+        finally:
+            self._installs.release()
+            await self.proxy.unlisten(sandbox.id)
+        took = loop.time() - started
         if code != 0:
-            why = "timed out" if code is None else f"exited with {code}"
-            out.finish(f"petri: dependency install failed: {why} after {took:.1f}s\n")
-            return InstallResult("failed", log=out.tail())
+            timed_out = code is None
+            what = f"timed out ({why})" if timed_out else f"exited with {code}"
+            out.finish(f"petri: dependency install failed: {what} after {took:.1f}s\n")
+            return InstallResult("failed", log=out.tail(), timed_out=timed_out)
         packages = await asyncio.to_thread(_read_packages, workspace, spec, runtime.name)
         # Key what the workspace holds now: an install may write a lock file (npm) or a
         # go.mod (go mod init), which selects another plan next time; that must be a hit.
@@ -173,29 +236,66 @@ class ContainerInstaller(Installer):
         out.finish(f"petri: {len(packages)} package(s) installed in {took:.1f}s\n")
         return InstallResult("installed", packages, out.tail())
 
+    async def _listen(self, sandbox: Sandbox) -> Path:
+        """The proxy, listening for this sandbox alone on a socket of its own. The directory
+        is made again if it went away (e.g. a temp-file cleaner)."""
+        s = self.settings
+        try:
+            folder = await asyncio.to_thread(_socket_dir, s.egress_sockets)
+            path = folder / f"{sandbox.id}.sock"
+            await self.proxy.listen(sandbox.id, path, (s.uid, s.gid))
+        except OSError as exc:
+            raise EgressUnavailable(
+                f"cannot serve the egress proxy in {s.egress_sockets} "
+                f"(PETRI_EGRESS_SOCKET_DIR): {exc.strerror or exc}"
+            ) from None
+        return path
+
     def _container(
-        self, sandbox: Sandbox, runtime: Runtime, spec: InstallSpec, choice: Choice, url: str
+        self,
+        sandbox: Sandbox,
+        runtime: Runtime,
+        spec: InstallSpec,
+        choice: Choice,
+        socket_path: Path,
+        bound: int,
     ) -> ContainerSpec:
         s = self.settings
+        url = f"http://127.0.0.1:{s.egress_port}"
         env = {**runtime.env, **spec.env, **sandbox.env}
         env.update(
             PETRI_PACKAGES=f"/sandbox/{PACKAGES_FILE}",
             PETRI_TOOLS=f"/sandbox/{TOOLS_DIR}",
             PETRI_DETECTED=" ".join(choice.found),
-            PETRI_PROXY_HOST=self.proxy.host,
-            PETRI_PROXY_PORT=str(self.proxy.port),
+            PETRI_PROXY_HOST="127.0.0.1",
+            PETRI_PROXY_PORT=str(s.egress_port),
             NO_PROXY="",
             no_proxy="",
+            # git (e.g. `go get` of a module no proxy serves) reads http.proxy from here.
+            GIT_CONFIG_COUNT="1",
+            GIT_CONFIG_KEY_0="http.proxy",
+            GIT_CONFIG_VALUE_0=url,
         )
         for name in ("HTTP_PROXY", "HTTPS_PROXY", "npm_config_proxy", "npm_config_https_proxy"):
             env[name] = env[name.lower()] = url
-        binds = [f"{self.workspaces.get(sandbox.id).root}:/sandbox:rw"]
+        binds = [
+            f"{self.workspaces.get(sandbox.id).root}:/sandbox:rw",
+            f"{socket_path}:{SOCKET_PATH}:ro",
+        ]
         if s.ca_bundle:
             binds.append(f"{s.ca_bundle}:{CA_PATH}:ro")
             for name in ("PIP_CERT", "SSL_CERT_FILE", "REQUESTS_CA_BUNDLE", "NODE_EXTRA_CA_CERTS"):
                 env[name] = CA_PATH
             env.update(npm_config_cafile=CA_PATH, GIT_SSL_CAINFO=CA_PATH)
         bom = f"( {spec.bom} ) || echo 'petri: could not list the packages' >&2" if spec.bom else ""
+        script = SCRIPT.format(
+            port=s.egress_port,
+            hexport=f"{s.egress_port:04X}",
+            socket=SOCKET_PATH,
+            state=STATE_DIR,
+            run=choice.plan.run,
+            bom=bom,
+        )
         return ContainerSpec.for_sandbox(
             s,
             sandbox,
@@ -204,15 +304,20 @@ class ContainerInstaller(Installer):
             labels={**self.labels, "petri.sandbox": sandbox.id, "petri.role": "install"},
             binds=binds,
             env=env,
-            network=s.egress_network,
-            command=["/bin/sh", "-c", SCRIPT.format(state=STATE_DIR, run=choice.plan.run, bom=bom)],
+            network="none",
+            # Bounded from inside too: with its gateway gone (even SIGKILLed), the container
+            # still ends; `timeout` is PID 1, and when its child dies everything else does.
+            command=["/usr/bin/timeout", "-s", "KILL", str(max(1, bound)), "/bin/sh", "-c", script],
         )
 
-    async def _run(self, spec: ContainerSpec, out: InstallLog) -> int | None:
-        """Run the install container, streaming its output; its exit code, None on timeout."""
-        timeout = self.settings.install_timeout_seconds
+    async def _run(self, spec: ContainerSpec, out: InstallLog, end: float) -> int | None:
+        """Run the install container until `end` (event-loop time), streaming its output; its
+        exit code, None on timeout. Cancelled, it removes the container before it returns."""
+        loop = asyncio.get_running_loop()
         await self.runner.remove_container(spec.name)  # a leftover of a crashed gateway
-        proc = self.runner.run_container(spec, timeout)
+        if end <= loop.time():
+            return None
+        proc = self.runner.run_container(spec, max(1.0, end - loop.time()) + 30)
 
         async def drain() -> None:
             async for kind, chunk in proc.output():
@@ -220,7 +325,7 @@ class ContainerInstaller(Installer):
 
         reader = asyncio.create_task(drain())
         try:
-            done, _ = await asyncio.wait({reader}, timeout=timeout)
+            done, _ = await asyncio.wait({reader}, timeout=end - loop.time())
             if not done:
                 await self.runner.remove_container(spec.name)  # ends the stream
                 await asyncio.wait({reader}, timeout=10)
@@ -234,28 +339,23 @@ class ContainerInstaller(Installer):
                 await reader
             await self.runner.remove_container(spec.name)
 
-    async def _egress(self) -> str:
-        """The proxy's URL. The network is checked before every install (a `docker network
-        prune` may have removed it), and the proxy moved if its address changed."""
-        async with self._egress_lock:
-            s = self.settings
-            # Shared by every gateway on the host (each has its own proxy port).
-            labels = {"petri.managed": "1"}
-            ip = await self.runner.ensure_network(s.egress_network, labels=labels)
-            if self.proxy.running and self.proxy.host != ip:
-                log.warning(
-                    "install network %s moved to %s; moving the proxy", s.egress_network, ip
-                )
-                await self.proxy.close()
-            if not self.proxy.running:
+
+def _socket_dir(path: Path, *, sweep: bool = False) -> Path:
+    """The directory of the proxy's sockets: made when missing, the gateway's alone (the
+    Docker daemon bind-mounts a socket from it; no one needs to list or enter it). With
+    `sweep`, sockets nothing listens on (left by a gateway that crashed) are removed."""
+    path.mkdir(mode=0o700, parents=True, exist_ok=True)
+    os.chmod(path, 0o700)
+    if sweep:
+        for entry in path.glob("*.sock"):
+            with socket.socket(socket.AF_UNIX) as probe:
+                probe.settimeout(1)
                 try:
-                    await self.proxy.start(ip, s.egress_port)
+                    probe.connect(str(entry))
                 except OSError as exc:
-                    raise EgressUnavailable(
-                        f"cannot listen on {ip}:{s.egress_port} (network {s.egress_network}): "
-                        f"{exc.strerror or exc}"
-                    ) from None
-            return self.proxy.url
+                    if exc.errno in (errno.ECONNREFUSED, errno.ENOENT):
+                        entry.unlink(missing_ok=True)
+    return path
 
 
 class InstallLog:

@@ -1,7 +1,9 @@
-"""Small typed records of the domain, and the strict request bodies of the API.
+"""Small typed records of the domain, the strict request bodies of the API, and models of
+its response bodies and event data.
 
 Request bodies are pydantic models (the one importer of pydantic): unknown fields and wrong
-types are rejected, and the same models give `/openapi.json` its schemas.
+types are rejected, and the same models give `/openapi.json` its schemas. Response and event
+models only document (handlers build dicts); tests hold real responses to them.
 """
 
 from __future__ import annotations
@@ -10,7 +12,7 @@ import re
 import time
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
-from typing import Any, Literal, TypeVar
+from typing import Annotated, Any, Literal, TypeVar
 
 import pydantic
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
@@ -90,6 +92,11 @@ class Execution:
     error_code: str | None = None
 
     @property
+    def killed(self) -> bool:
+        """Ended by `POST .../kill` (the `killed` of its `exit` event)."""
+        return self.status == "killed"
+
+    @property
     def duration_ms(self) -> int | None:
         if self.ended_at is None:
             return None
@@ -109,6 +116,7 @@ class Execution:
             "timed_out": self.timed_out,
             "truncated": self.truncated,
             "oom_killed": self.oom_killed,
+            "killed": self.killed,
             "error_code": self.error_code,
         }
 
@@ -224,6 +232,259 @@ class ExecBody(_Body):
         return self
 
 
+# --- response bodies and event data: what /openapi.json documents ---------------------------
+# The handlers build plain dicts (`Sandbox.public()`, ...); these models describe them, and
+# tests check real responses and events against the schemas made from them. Fields may be
+# added (clients ignore what they do not know), so the schemas allow more properties.
+
+Stamp = Annotated[
+    str, Field(description="UTC, ISO 8601 with milliseconds", examples=["2025-01-01T12:00:00.000Z"])
+]
+RunStatus = Literal["exited", "killed", "timed_out", "interrupted", "failed"]
+
+
+class _Doc(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+
+class ErrorDetail(_Doc):
+    code: str = Field(description="stable snake_case code, e.g. `sandbox_not_found`")
+    message: str = Field(description="for people")
+
+
+class Error(_Doc):
+    """Every error response: a status that fits, and this body."""
+
+    error: ErrorDetail
+
+
+class LimitsOut(_Doc):
+    memory_mb: int
+    cpus: float
+    pids: int
+    disk_mb: int
+
+
+class SandboxOut(_Doc):
+    id: str
+    language: str
+    status: SandboxStatus
+    created_at: Stamp
+    last_active_at: Stamp
+    expires_at: Stamp = Field(description="last activity plus the TTL: when it may be removed")
+    ttl_seconds: int
+    limits: LimitsOut
+    env: list[str] = Field(description="names of its environment variables (never the values)")
+
+
+class SandboxPage(_Doc):
+    sandboxes: list[SandboxOut]
+    next: str | None = Field(description="pass as `after` for the next page; null on the last")
+
+
+class FileEntry(_Doc):
+    path: str
+    size: int
+    modified_at: Stamp
+
+
+class FileListing(_Doc):
+    files: list[FileEntry]
+    truncated: bool = Field(
+        description="true when a bound (depth, entries, time) cut the listing short"
+    )
+    note: str | None = Field(default=None, description="what was left out, when truncated")
+
+
+class WrittenFile(_Doc):
+    path: str
+    size: int
+
+
+class WrittenFiles(_Doc):
+    files: list[WrittenFile]
+
+
+class ExtractedFiles(_Doc):
+    files: list[str] = Field(description="paths of the files the zip held, as extracted")
+
+
+class Package(_Doc):
+    name: str
+    version: str
+    language: str
+
+
+class InstallOut(_Doc):
+    status: Literal["installed", "cached", "skipped", "failed"]
+    packages: list[Package]
+    log: str = Field(description="the install output (the `install` events' text)")
+
+
+class ReportCounts(_Doc):
+    """`exit.tests`: the report's counts (null where the runner left nothing to parse)."""
+
+    passed: int | None
+    failed: int | None
+    skipped: int | None
+    errors: int | None
+
+
+class CaseData(_Doc):
+    name: str
+    suite: str = Field(description="the class, module or package the case belongs to")
+    status: Literal["passed", "failed", "skipped", "error"]
+    duration_ms: int | None
+    message: str | None = Field(default=None, description="the failure message, if it failed")
+
+
+class ReportData(ReportCounts):
+    """Test mode's parsed results (the `report` event; `tests` of the JSON answer)."""
+
+    runner: str = Field(description="e.g. `pytest`, `npm test`, `go test`, `junit`, `command`")
+    duration_ms: int = Field(description="the runner's wall time")
+    cases: list[CaseData] | None = Field(
+        description="at most 1000, failures first; null where there was nothing to parse"
+    )
+    message: str | None = Field(default=None, description="why there are no cases, or fewer")
+    cases_omitted: int | None = Field(default=None, description="cases counted, not listed")
+
+
+class AppData(_Doc):
+    stream: Literal["stdout", "stderr"]
+    text: str = Field(description="a chunk of the app's output, as it arrived")
+
+
+class AppResult(_Doc):
+    """Test mode's app under test, in the JSON answer."""
+
+    ready_after_ms: int | None
+    stdout: str
+    stderr: str
+
+
+class ExecResult(_Doc):
+    """`exec` without `Accept: text/event-stream` and with `wait` (the default): the run's
+    record and output. The `exit` event's fields are copied in when the run exited; `error`
+    is there when it ended with an `error` event instead."""
+
+    execution_id: str
+    status: RunStatus
+    exit_code: int | None = Field(description="null when the run ended with an `error` event")
+    stdout: str
+    stderr: str
+    duration_ms: int | None
+    timed_out: bool
+    truncated: bool
+    oom_killed: bool
+    killed: bool = Field(description="ended by `POST .../kill`")
+    install: InstallOut
+    idle: bool | None = Field(default=None, description="timed out for lack of output")
+    signal: str | None = Field(default=None, description="e.g. `SIGKILL`, when a signal ended it")
+    missing_modules: list[str] | None = Field(default=None)
+    error: ErrorDetail | None = Field(default=None, description="how the run failed to run")
+    tests: ReportData | None = Field(default=None, description="test mode: the whole report")
+    app: AppResult | None = Field(default=None, description="test mode: the app under test")
+
+
+class Accepted(_Doc):
+    """`exec` with `"wait": false`: the run started; follow it at `events_url`."""
+
+    execution_id: str
+    events_url: str
+
+
+class ExecutionOut(_Doc):
+    id: str
+    sandbox_id: str
+    status: ExecutionStatus
+    argv: list[str]
+    test: bool
+    created_at: Stamp
+    ended_at: Stamp | None
+    duration_ms: int | None
+    exit_code: int | None
+    timed_out: bool
+    truncated: bool
+    oom_killed: bool
+    killed: bool = Field(description="ended by `POST .../kill` (status `killed`)")
+    error_code: str | None = Field(description="the `error` event's code, if it ended with one")
+
+
+class ExecutionList(_Doc):
+    executions: list[ExecutionOut]
+
+
+class Packages(_Doc):
+    """The bill of materials of the sandbox's last successful dependency install."""
+
+    packages: list[Package]
+    manifest_hash: str | None
+    plan: str | None = None
+    installed_at: Stamp | None = None
+
+
+class Health(_Doc):
+    status: Literal["ok"]
+
+
+class Ready(_Doc):
+    status: Literal["ready"]
+    docker: Literal["ok"]
+
+
+class StartData(_Doc):
+    execution_id: str
+    sandbox_id: str
+
+
+class TextData(_Doc):
+    text: str = Field(description="a chunk as it arrived, not necessarily a whole line")
+
+
+class TruncatedData(_Doc):
+    budget_bytes: int
+    message: str
+    source: Literal["app"] | None = Field(
+        default=None, description='"app": the app under test\'s own budget (test mode)'
+    )
+
+
+class ExitData(_Doc):
+    exit_code: int
+    duration_ms: int
+    timed_out: bool = Field(description="killed by `timeout_seconds` or `idle_timeout_seconds`")
+    idle: bool = Field(description="the timeout was `idle_timeout_seconds` (no output)")
+    truncated: bool = Field(description="the output budget was reached")
+    oom_killed: bool = Field(description="the kernel killed it for lack of memory")
+    killed: bool = Field(description="ended by `POST .../kill`")
+    signal: str | None = Field(default=None, description="e.g. `SIGKILL`, when a signal ended it")
+    missing_modules: list[str] | None = Field(
+        default=None, description="modules it failed to import (non-zero exits only)"
+    )
+    tests: ReportCounts | None = Field(default=None, description="test mode: the report's counts")
+
+
+class ReadyData(_Doc):
+    port: int = Field(description="the service's or test mode's app's port")
+    after_ms: int = Field(description="milliseconds from the program's start to its first answer")
+
+
+# The `data` of each event type (DESIGN.md §4); `install`, `stdout`, `stderr` carry text.
+EVENT_DATA: dict[str, type[BaseModel]] = {
+    "start": StartData,
+    "install": TextData,
+    "stdout": TextData,
+    "stderr": TextData,
+    "truncated": TruncatedData,
+    "exit": ExitData,
+    "error": ErrorDetail,
+    "ready": ReadyData,
+    "app": AppData,
+    "report": ReportData,
+}
+
+
 def parse(model: type[M], data: Any) -> M:
     """Validate a decoded JSON body; raise `Invalid` (422) naming the first bad field."""
     if not isinstance(data, dict):
@@ -239,3 +500,93 @@ def parse(model: type[M], data: Any) -> M:
 
 def schema(model: type[BaseModel]) -> dict[str, Any]:
     return model.model_json_schema(ref_template="#/components/schemas/{model}")
+
+
+# --- serve mode ------------------------------------------------------------------------------
+
+ServiceStatus = Literal["starting", "ready", "exited", "stopped"]
+LIVE_SERVICE: tuple[ServiceStatus, ...] = ("starting", "ready")
+
+
+@dataclass(slots=True)
+class Service:
+    """A long-running process in a sandbox, reached through its preview URL. The URL's token
+    is a capability: only its sha256 is kept (`token_hash`; empty once revoked)."""
+
+    id: str
+    sandbox_id: str
+    execution_id: str
+    command: str
+    port: int
+    ready_path: str
+    expires_at: float
+    token_hash: str
+    status: ServiceStatus = "starting"
+    created_at: float = field(default_factory=now)
+    ready_at: float | None = None
+    ended_at: float | None = None
+
+    @property
+    def live(self) -> bool:
+        return self.status in LIVE_SERVICE
+
+    def public(self, preview_url: str | None, preview_host_url: str | None) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "sandbox_id": self.sandbox_id,
+            "command": self.command,
+            "port": self.port,
+            "ready_path": self.ready_path,
+            "status": self.status,
+            "preview_url": preview_url,
+            "preview_host_url": preview_host_url,
+            "expires_at": iso(self.expires_at),
+            "execution_id": self.execution_id,
+            "created_at": iso(self.created_at),
+            "ready_at": iso(self.ready_at),
+            "ended_at": iso(self.ended_at),
+        }
+
+
+class ServiceBody(_Body):
+    command: str = Field(min_length=1, max_length=65536)
+    port: int = Field(ge=1, le=65535)
+    # an origin-form request target: printable ASCII, no spaces
+    ready_path: str = Field(default="/", min_length=1, max_length=2048, pattern=r"^/[!-~]*$")
+    ready_timeout_seconds: int = Field(default=30, ge=1, le=3600)
+    preview_ttl_seconds: int | None = Field(default=None, ge=1)
+
+    @field_validator("command")
+    @classmethod
+    def _no_nul(cls, value: str) -> str:
+        if "\x00" in value:
+            raise ValueError("must not hold NUL bytes")
+        return value
+
+
+class ServiceOut(_Doc):
+    id: str = Field(examples=["sv-0123456789abcdef"])
+    sandbox_id: str
+    command: str
+    port: int
+    ready_path: str
+    status: ServiceStatus = Field(
+        description="`starting` -> `ready` -> `exited` (by itself, never ready, or a gateway "
+        "restart) or `stopped` (`DELETE`, a kill, or its preview expired)"
+    )
+    preview_url: str | None = Field(
+        description="`{PETRI_PUBLIC_URL}/preview/{token}/`: a capability; null once revoked or "
+        "after a gateway restart"
+    )
+    preview_host_url: str | None = Field(
+        description="`{token}.{PETRI_PREVIEW_DOMAIN}`, when that is set"
+    )
+    expires_at: Stamp
+    execution_id: str = Field(description="its output: that execution's event stream")
+    created_at: Stamp
+    ready_at: Stamp | None
+    ended_at: Stamp | None
+
+
+class ServiceList(_Doc):
+    services: list[ServiceOut]

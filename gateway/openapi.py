@@ -1,181 +1,474 @@
-"""The OpenAPI document of API v1, built from the request models and the route table."""
+"""The OpenAPI 3.1 document of API v1, built from the route table's models: request bodies,
+response bodies and event data are the pydantic models of `models.py`, so the document says
+what the code parses and sends (tests check real responses and events against it)."""
 
 from __future__ import annotations
 
 from typing import Any
 
-from .models import CreateSandbox, ExecBody, schema
+from pydantic import BaseModel
 
-ERROR = {
-    "type": "object",
-    "required": ["error"],
-    "properties": {
-        "error": {
-            "type": "object",
-            "required": ["code", "message"],
-            "properties": {"code": {"type": "string"}, "message": {"type": "string"}},
-        }
-    },
+from .models import (
+    EVENT_DATA,
+    Accepted,
+    CreateSandbox,
+    Error,
+    ExecBody,
+    ExecResult,
+    ExecutionList,
+    ExecutionOut,
+    ExtractedFiles,
+    FileListing,
+    Health,
+    Packages,
+    Ready,
+    SandboxOut,
+    SandboxPage,
+    ServiceBody,
+    ServiceList,
+    ServiceOut,
+    WrittenFile,
+    WrittenFiles,
+    schema,
+)
+
+MODELS: tuple[type[BaseModel], ...] = (
+    CreateSandbox,
+    ExecBody,
+    Error,
+    SandboxOut,
+    SandboxPage,
+    FileListing,
+    WrittenFile,
+    WrittenFiles,
+    ExtractedFiles,
+    ExecResult,
+    Accepted,
+    ExecutionOut,
+    ExecutionList,
+    Packages,
+    Health,
+    Ready,
+    ServiceBody,
+    ServiceOut,
+    ServiceList,
+    *EVENT_DATA.values(),
+)
+MAX_ID = 2**63 - 1  # event ids and other counters are SQLite integers
+REASONS = {
+    400: "bad input (malformed JSON, a bad query parameter, header or path)",
+    404: "no such sandbox, execution, file or route",
+    409: "conflict (e.g. the execution is not running)",
+    413: "the body, file or zip is too large, or the workspace quota is full",
+    415: "the body is not JSON (send `Content-Type: application/json`)",
+    422: "invalid or unknown field, or a value over a limit",
+    429: "over a limit (e.g. `PETRI_MAX_SANDBOXES`, `PETRI_MAX_SERVICES_PER_SANDBOX`)",
+    502: "Docker answered, but not as needed (e.g. a runtime image is missing)",
+    503: "Docker is unavailable, or the gateway is shutting down",
+}
+STREAM = """Server-Sent Events. Each event has an `id:` (1, 2, 3, ... per execution), an \
+`event:` (its type) and one `data:` line holding a JSON object (schemas: components):
+
+| event | data | meaning |
+|---|---|---|
+| `start` | `StartData` | first event |
+| `install` | `TextData` | dependency-install output, never program output |
+| `stdout` | `TextData` | program stdout, a chunk as it arrived |
+| `stderr` | `TextData` | program stderr |
+| `truncated` | `TruncatedData` | the output budget was reached; the tail is kept |
+| `exit` | `ExitData` | terminal: the program ended |
+| `error` | `ErrorDetail` | terminal: the gateway could not run it |
+| `ready` | `ReadyData` | a service (serve mode) or the app under test (test mode) answers |
+| `app` | `AppData` | test mode: output of the app under test, never program output |
+| `report` | `ReportData` | test mode: the parsed test results |
+
+Exactly one terminal event (`exit` or `error`) ends the stream. While nothing is sent, a \
+keep-alive comment line (`: keep-alive`, no blank line after it) comes every \
+`PETRI_KEEPALIVE_SECONDS`. Clients ignore event types they do not know. Reconnect with \
+`Last-Event-ID` (or `?after=`) to get every later event exactly once, in order."""
+
+
+def _ref(name: str) -> dict[str, str]:
+    return {"$ref": f"#/components/schemas/{name}"}
+
+
+def _json(model: type[BaseModel]) -> dict[str, Any]:
+    return {"application/json": {"schema": _ref(model.__name__)}}
+
+
+def _sse() -> dict[str, Any]:
+    return {"text/event-stream": {"schema": {"type": "string", "description": STREAM}}}
+
+
+EXECUTION_ID = {
+    "X-Execution-Id": {"description": "the execution's id", "schema": {"type": "string"}}
 }
 
 
-def _json_body(ref: str) -> dict[str, Any]:
-    return {
-        "required": True,
-        "content": {"application/json": {"schema": {"$ref": f"#/components/schemas/{ref}"}}},
-    }
-
-
-def _responses(*codes: int, ok: str = "OK") -> dict[str, Any]:
-    error = {
-        "description": "error",
-        "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}},
-    }
-    out: dict[str, Any] = {}
-    for code in codes:
-        out[str(code)] = {"description": ok} if code < 300 else error
-    # Any other failure (413 over the body limit, 503 Docker unavailable, ...) has the same shape.
-    out["default"] = {**error, "description": "any other error"}
+def _responses(ok: dict[str, Any], *errors: int) -> dict[str, Any]:
+    """`ok`: status -> response; `errors`: the error statuses this route gives on purpose."""
+    error = {"content": _json(Error)}
+    out: dict[str, Any] = dict(ok)
+    for code in errors:
+        out[str(code)] = {"description": REASONS[code], **error}
+    # Any other failure (413 over the body limit, 503 Docker unavailable, ...): the same shape.
+    out["default"] = {"description": "any other error", **error}
     return out
 
 
-SID = {"name": "sid", "in": "path", "required": True, "schema": {"type": "string"}}
-EID = {"name": "eid", "in": "path", "required": True, "schema": {"type": "string"}}
-PATH = {"name": "path", "in": "path", "required": True, "schema": {"type": "string"}}
+def _ok(
+    description: str, model: type[BaseModel] | None = None, **extra: Any
+) -> dict[str, Any]:
+    response: dict[str, Any] = {"description": description}
+    if model is not None:
+        response["content"] = _json(model)
+    response.update(extra)
+    return response
+
+
+def _json_body(model: type[BaseModel]) -> dict[str, Any]:
+    return {"required": True, "content": _json(model)}
+
+
+def _path(name: str, description: str) -> dict[str, Any]:
+    return {
+        "name": name,
+        "in": "path",
+        "required": True,
+        "description": description,
+        "schema": {"type": "string"},
+    }
+
+
+def _limit(default: int, most: int) -> dict[str, Any]:
+    return {
+        "name": "limit",
+        "in": "query",
+        "description": "page size (ASCII digits)",
+        "schema": {"type": "integer", "minimum": 1, "maximum": most, "default": default},
+    }
+
+
+# Not an API route (no key, any method, the service's own answers): described, not listed.
+PREVIEW = (
+    "A service's `preview_url` (`/preview/{token}/...`, and `{token}.{PETRI_PREVIEW_DOMAIN}` "
+    "when set) proxies every method and WebSockets to the service: 404 unknown or revoked "
+    "token, 410 expired, 502 not answering."
+)
+SID = _path("sid", "sandbox id")
+EID = _path("eid", "execution id")
+SVID = _path("svid", "service id")
+PATH = _path("path", "a relative path in the workspace")
+AFTER_ID = {"type": "integer", "minimum": 0, "maximum": MAX_ID}
 
 
 def document() -> dict[str, Any]:
-    schemas: dict[str, Any] = {"Error": ERROR}
-    for model in (CreateSandbox, ExecBody):
+    schemas: dict[str, Any] = {}
+    for model in MODELS:
         s = schema(model)
         schemas.update(s.pop("$defs", {}))
         schemas[model.__name__] = s
-    binary = {
-        "content": {"application/octet-stream": {"schema": {"type": "string", "format": "binary"}}}
-    }
+    binary = {"schema": {"type": "string", "contentMediaType": "application/octet-stream"}}
     multipart = {
-        "content": {
-            "multipart/form-data": {
-                "schema": {
-                    "type": "object",
-                    "properties": {
-                        "file": {"type": "array", "items": {"type": "string", "format": "binary"}}
-                    },
-                }
+        "multipart/form-data": {
+            "schema": {
+                "type": "object",
+                "properties": {
+                    "file": {
+                        "type": "array",
+                        "items": {"type": "string", "contentMediaType": "application/octet-stream"},
+                    }
+                },
             }
         }
     }
+    page = {"description": "a dashboard file", "content": {
+        media: {"schema": {"type": "string"}}
+        for media in ("text/html", "text/javascript", "text/css", "image/svg+xml")
+    }}
     paths: dict[str, Any] = {
-        "/healthz": {"get": {"summary": "liveness", "responses": _responses(200)}},
-        "/openapi.json": {"get": {"summary": "this document", "responses": _responses(200)}},
+        "/": {
+            "get": {
+                "summary": "the dashboard (HTML; not part of the JSON API)",
+                "responses": _responses({"200": {**page, "description": "the dashboard page"}}),
+            }
+        },
+        "/dashboard/{path}": {
+            "parameters": [PATH],
+            "get": {
+                "summary": "the dashboard's scripts, styles and icon",
+                "responses": _responses({"200": page}, 404),
+            },
+        },
+        "/healthz": {
+            "get": {"summary": "liveness", "responses": _responses({"200": _ok("alive", Health)})}
+        },
+        "/openapi.json": {
+            "get": {
+                "summary": "this document",
+                "responses": _responses(
+                    {
+                        "200": {
+                            "description": "the OpenAPI document",
+                            "content": {"application/json": {"schema": {"type": "object"}}},
+                        }
+                    }
+                ),
+            }
+        },
         "/readyz": {
-            "get": {"summary": "readiness (Docker reachable)", "responses": _responses(200, 503)}
+            "get": {
+                "summary": "readiness (Docker reachable)",
+                "responses": _responses({"200": _ok("ready", Ready)}, 503),
+            }
         },
         "/v1/sandboxes": {
             "post": {
                 "summary": "create a sandbox",
-                "requestBody": _json_body("CreateSandbox"),
-                "responses": _responses(201, 400, 413, 415, 422, 429, 503),
+                "requestBody": _json_body(CreateSandbox),
+                "responses": _responses(
+                    {
+                        "201": _ok(
+                            "the new sandbox",
+                            SandboxOut,
+                            headers={
+                                "Location": {
+                                    "description": "its URL",
+                                    "schema": {"type": "string"},
+                                }
+                            },
+                        )
+                    },
+                    400, 413, 415, 422, 429, 502, 503,
+                ),
             },
             "get": {
-                "summary": "list sandboxes",
+                "summary": "list sandboxes, oldest id first, paged",
                 "parameters": [
+                    _limit(50, 500),
                     {
-                        "name": "limit",
+                        "name": "after",
                         "in": "query",
-                        "schema": {"type": "integer", "minimum": 1, "maximum": 500},
+                        "description": "the `next` of the previous page",
+                        "schema": {"type": "string"},
                     },
-                    {"name": "after", "in": "query", "schema": {"type": "string"}},
                 ],
-                "responses": _responses(200, 400),
+                "responses": _responses({"200": _ok("a page of sandboxes", SandboxPage)}, 400),
             },
         },
         "/v1/sandboxes/{sid}": {
             "parameters": [SID],
-            "get": {"summary": "one sandbox", "responses": _responses(200, 404)},
-            "delete": {"summary": "delete a sandbox", "responses": _responses(204, 404, 503)},
+            "get": {
+                "summary": "one sandbox (renews its TTL)",
+                "responses": _responses({"200": _ok("the sandbox", SandboxOut)}, 404),
+            },
+            "delete": {
+                "summary": "delete a sandbox: its container, workspace and executions",
+                "responses": _responses({"204": _ok("deleted")}, 404, 503),
+            },
         },
         "/v1/sandboxes/{sid}/files": {
             "parameters": [SID],
             "post": {
-                "summary": "upload files (multipart, field `file`)",
-                "requestBody": multipart,
-                "responses": _responses(201, 400, 404, 413),
+                "summary": "upload files (multipart, field `file`, repeatable; a filename may "
+                "carry a relative path)",
+                "requestBody": {"required": True, "content": multipart},
+                "responses": _responses(
+                    {"201": _ok("the files written", WrittenFiles)}, 400, 404, 413
+                ),
             },
-            "get": {"summary": "list files", "responses": _responses(200, 404)},
+            "get": {
+                "summary": "list the workspace's files, recursively",
+                "responses": _responses({"200": _ok("the files", FileListing)}, 404),
+            },
         },
         "/v1/sandboxes/{sid}/files/{path}": {
             "parameters": [SID, PATH],
             "put": {
-                "summary": "write one file",
-                "requestBody": binary,
-                "responses": _responses(201, 400, 404, 409, 413),
+                "summary": "write one file (the raw body)",
+                "requestBody": {
+                    "required": True,
+                    "content": {"application/octet-stream": binary},
+                },
+                "responses": _responses(
+                    {"201": _ok("the file written", WrittenFile)}, 400, 404, 409, 413
+                ),
             },
-            "get": {"summary": "read one file", "responses": _responses(200, 400, 404)},
-            "delete": {"summary": "delete one file", "responses": _responses(204, 400, 404)},
+            "get": {
+                "summary": "read one file",
+                "responses": _responses(
+                    {
+                        "200": {
+                            "description": "the file's bytes",
+                            "content": {"application/octet-stream": binary},
+                        }
+                    },
+                    400, 404,
+                ),
+            },
+            "delete": {
+                "summary": "delete a file (a folder with its contents)",
+                "responses": _responses({"204": _ok("deleted")}, 400, 404),
+            },
         },
         "/v1/sandboxes/{sid}/upload": {
             "parameters": [SID],
             "post": {
                 "summary": "upload a zip, extracted preserving folders",
                 "requestBody": {
-                    "content": {
-                        "application/zip": binary["content"]["application/octet-stream"],
-                        **multipart["content"],
-                    }
+                    "required": True,
+                    "content": {"application/zip": binary, **multipart},
                 },
-                "responses": _responses(201, 400, 404, 413),
+                "responses": _responses(
+                    {"201": _ok("the files extracted", ExtractedFiles)}, 400, 404, 413
+                ),
             },
         },
         "/v1/sandboxes/{sid}/exec": {
-            "parameters": [SID],
+            "parameters": [
+                SID,
+                {
+                    "name": "Idempotency-Key",
+                    "in": "header",
+                    "description": "a repeated key returns the execution it started",
+                    "schema": {"type": "string", "minLength": 1, "maxLength": 200},
+                },
+            ],
             "post": {
-                "summary": "run a command, code or file (JSON result, 202, or SSE)",
-                "requestBody": _json_body("ExecBody"),
-                "responses": _responses(200, 202, 400, 404, 413, 415, 422, 503),
+                "summary": "run a command, code or file: the event stream (with `Accept: "
+                "text/event-stream`), 202 at once (`wait: false`), or the JSON result",
+                "requestBody": _json_body(ExecBody),
+                "responses": _responses(
+                    {
+                        "200": {
+                            "description": "the run's events (`Accept: text/event-stream`), "
+                            "or its result once it ended",
+                            "headers": EXECUTION_ID,
+                            "content": {**_sse(), **_json(ExecResult)},
+                        },
+                        "202": _ok("started (`wait: false`)", Accepted, headers=EXECUTION_ID),
+                    },
+                    400, 404, 413, 415, 422, 503,
+                ),
             },
         },
         "/v1/sandboxes/{sid}/packages": {
             "parameters": [SID],
             "get": {
-                "summary": "installed dependencies: {packages: [{name, version, language}], "
-                "manifest_hash}",
-                "responses": _responses(200, 404),
+                "summary": "installed dependencies (bill of materials)",
+                "responses": _responses({"200": _ok("the packages", Packages)}, 404),
             },
         },
         "/v1/sandboxes/{sid}/executions": {
             "parameters": [SID],
-            "get": {"summary": "executions of a sandbox", "responses": _responses(200, 404)},
+            "get": {
+                "summary": "executions of a sandbox, newest first",
+                "parameters": [_limit(100, 1000)],
+                "responses": _responses(
+                    {"200": _ok("the executions", ExecutionList)}, 400, 404
+                ),
+            },
         },
         "/v1/sandboxes/{sid}/executions/{eid}": {
             "parameters": [SID, EID],
-            "get": {"summary": "one execution", "responses": _responses(200, 404)},
+            "get": {
+                "summary": "one execution: status, exit code, timings",
+                "responses": _responses({"200": _ok("the execution", ExecutionOut)}, 404),
+            },
         },
         "/v1/sandboxes/{sid}/executions/{eid}/events": {
             "parameters": [
                 SID,
                 EID,
-                {"name": "after", "in": "query", "schema": {"type": "integer", "minimum": 0}},
+                {
+                    "name": "after",
+                    "in": "query",
+                    "description": "replay events after this id (ASCII digits)",
+                    "schema": AFTER_ID,
+                },
+                {
+                    "name": "Last-Event-ID",
+                    "in": "header",
+                    "description": "as `after`; wins over it",
+                    "schema": AFTER_ID,
+                },
             ],
             "get": {
-                "summary": "SSE: replay after Last-Event-ID, then follow live",
-                "responses": {
-                    "200": {
-                        "description": "event stream",
-                        "content": {"text/event-stream": {"schema": {"type": "string"}}},
+                "summary": "SSE: replay after `Last-Event-ID` (or `?after=`), then follow live",
+                "responses": _responses(
+                    {
+                        "200": {
+                            "description": "the execution's events",
+                            "headers": EXECUTION_ID,
+                            "content": _sse(),
+                        }
                     },
-                    **_responses(400, 404),
-                },
+                    400, 404,
+                ),
             },
         },
         "/v1/sandboxes/{sid}/executions/{eid}/kill": {
             "parameters": [SID, EID],
-            "post": {"summary": "kill a running execution", "responses": _responses(202, 404, 409)},
+            "post": {
+                "summary": "kill a running execution (SIGKILL to its process group)",
+                "responses": _responses(
+                    {"202": _ok("killed: the execution record", ExecutionOut)}, 404, 409
+                ),
+            },
         },
     }
+    paths.update(
+        {
+            "/v1/sandboxes/{sid}/services": {
+                "parameters": [SID],
+                "post": {
+                    "summary": "start a service (serve mode): 201 at once, `status` "
+                    "`starting`; its output is the event stream of `execution_id`",
+                    "requestBody": _json_body(ServiceBody),
+                    "responses": _responses(
+                        {
+                            "201": _ok(
+                                "the new service, with its preview URL",
+                                ServiceOut,
+                                headers={
+                                    "Location": {
+                                        "description": "its URL",
+                                        "schema": {"type": "string"},
+                                    },
+                                    **EXECUTION_ID,
+                                },
+                            )
+                        },
+                        400, 404, 413, 415, 422, 429, 503,
+                    ),
+                },
+                "get": {
+                    "summary": "services of a sandbox, oldest first",
+                    "responses": _responses({"200": _ok("the services", ServiceList)}, 404),
+                },
+            },
+            "/v1/sandboxes/{sid}/services/{svid}": {
+                "parameters": [SID, SVID],
+                "get": {
+                    "summary": "one service",
+                    "responses": _responses({"200": _ok("the service", ServiceOut)}, 404),
+                },
+                "delete": {
+                    "summary": "stop a service (its processes end) and revoke its preview URL",
+                    "responses": _responses({"204": _ok("stopped")}, 404),
+                },
+            },
+        }
+    )
     return {
-        "openapi": "3.0.3",
-        "info": {"title": "Petri gateway", "version": "1"},
+        "openapi": "3.1.0",
+        "info": {
+            "title": "Petri gateway",
+            "version": "1",
+            "description": "Runs untrusted code in hardened containers and streams its output "
+            "as Server-Sent Events. Errors are `{\"error\": {\"code\", \"message\"}}`. "
+            + PREVIEW,
+        },
         "paths": paths,
         "components": {"schemas": schemas},
     }

@@ -6,15 +6,17 @@ mapped to `{"error": {"code", "message"}}` in one place: `_error_response`.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
+import functools
+import hashlib
+import importlib.resources
 import json
 import logging
-import tempfile
-from collections.abc import AsyncIterator, Iterator
-from typing import Any, BinaryIO
+import re
+from collections.abc import AsyncIterator
+from typing import Any
 
-from sse_starlette import EventSourceResponse
+from sse_starlette import EventSourceResponse, ServerSentEvent
 from starlette.applications import Starlette
 from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException
@@ -24,19 +26,21 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from . import openapi
+from . import files, openapi
 from .config import Settings
-from .errors import BadRequest, PetriError, TooLarge, UnsupportedMediaType
-from .events import Event
-from .models import CreateSandbox, ExecBody, iso, parse
+from .errors import BadRequest, NotFound, PetriError, TooLarge, UnsupportedMediaType
+from .events import Event, keepalive
+from .models import CreateSandbox, ExecBody, Service, ServiceBody, iso, parse
+from .preview import PreviewRouter, RedactTokens
 from .runs import Run
 from .sandboxes import Sandboxes
 from .service import open_gateway
+from .services import Services, open_services
 
 log = logging.getLogger("petri.routes")
 MAX_JSON_DEPTH = 32
 UPLOAD_PATHS = ("/files", "/upload")
-JSON_TYPES = ("application/json", "", "application/x-www-form-urlencoded", "text/plain")
+FORM_TYPE = "application/x-www-form-urlencoded"
 
 
 # --- errors, in one place ---------------------------------------------------------------------
@@ -67,10 +71,29 @@ async def _error_response(request: Request, exc: Exception) -> Response:
 
 
 async def _json(request: Request) -> Any:
-    ctype = request.headers.get("content-type", "application/json").split(";")[0].strip()
-    # curl's `-d` sends application/x-www-form-urlencoded: `curl -d '{...}'` just works.
-    if ctype not in JSON_TYPES and not ctype.endswith("+json"):
-        raise UnsupportedMediaType(f"send JSON (Content-Type: application/json), not {ctype[:60]}")
+    """The body as JSON. Accepted: `application/json`, any `application/...+json`, and
+    `application/x-www-form-urlencoded` holding JSON (what `curl -d '{...}'` sends), the last
+    not from a web page of a foreign origin (browsers send it cross-site without a CORS
+    preflight). Anything else is 415, an empty body without a Content-Type is `{}`."""
+    header = request.headers.get("content-type")
+    if header is None:
+        raw = await request.body()
+        if raw.strip():
+            raise UnsupportedMediaType("send JSON with Content-Type: application/json")
+        return {}
+    ctype = header.split(";")[0].strip().lower()
+    json_type = ctype == "application/json" or (
+        ctype.startswith("application/") and ctype.endswith("+json")
+    )
+    if not json_type and ctype != FORM_TYPE:
+        raise UnsupportedMediaType(
+            f"send JSON (Content-Type: application/json), not {ctype[:60] or 'nothing'}"
+        )
+    if ctype == FORM_TYPE and _foreign_origin(request):
+        raise UnsupportedMediaType(
+            "a form post from a web page of another origin: send application/json",
+            code="cross_origin_form",
+        )
     raw = await request.body()
     if not raw.strip():
         return {}
@@ -93,6 +116,16 @@ async def _json(request: Request) -> Any:
     return data
 
 
+def _foreign_origin(request: Request) -> bool:
+    origin = request.headers.get("origin")
+    if origin is None:  # not a browser (curl, SDKs), or a same-origin GET
+        return False
+    settings: Settings = request.app.state.settings
+    allowed = {o.strip() for o in settings.cors_origins.split(",") if o.strip()}
+    own = f"{request.url.scheme}://{request.headers.get('host', '')}"
+    return not ("*" in allowed or origin in allowed or origin == own)
+
+
 def _no_constant(name: str) -> Any:
     raise ValueError(f"{name} is not JSON")
 
@@ -108,15 +141,40 @@ def _check_depth(value: Any, depth: int) -> None:
             _check_depth(item, depth + 1)
 
 
+# Event ids and other counters are SQLite integers: a larger number is refused, never clamped.
+MAX_INT = 2**63 - 1
+_ASCII_INT = re.compile(r"[0-9]{1,19}")
+
+
+def _strict_int(raw: str, low: int, high: int) -> int | None:
+    """`raw` as an integer in low..high, or None. ASCII digits only: `str.isdigit` also takes
+    superscripts, and `int` other scripts' digits, signs, spaces and underscores."""
+    if _ASCII_INT.fullmatch(raw) is None:
+        return None
+    value = int(raw)
+    return value if low <= value <= high else None
+
+
 def _int_param(request: Request, name: str, default: int, low: int, high: int) -> int:
     raw = request.query_params.get(name)
     if raw is None:
         return default
-    if not raw.isdigit() or not low <= int(raw) <= high:
+    value = _strict_int(raw, low, high)
+    if value is None:
         raise BadRequest(
             f"query parameter {name} must be an integer in {low}..{high}", code="invalid_query"
         )
-    return int(raw)
+    return value
+
+
+def _int_header(request: Request, name: str, low: int, high: int) -> int | None:
+    raw = request.headers.get(name)
+    if raw is None:
+        return None
+    value = _strict_int(raw, low, high)
+    if value is None:
+        raise BadRequest(f"{name} must be an integer in {low}..{high}", code="invalid_header")
+    return value
 
 
 def _gateway(request: Request) -> Sandboxes:
@@ -158,18 +216,14 @@ async def upload_files(request: Request) -> Response:
     sandboxes = _gateway(request)
     workspace = sandboxes.workspace(request.path_params["sid"])
     limit = sandboxes.settings.max_upload_bytes
-    written = []
     async with request.form(max_files=10000, max_fields=100, max_part_size=1024 * 1024) as form:
         uploads = [v for k, v in form.multi_items() if k == "file"]
         if not uploads or not all(isinstance(u, UploadFile) for u in uploads):
             raise BadRequest(
                 "send multipart/form-data with one or more 'file' parts", code="no_files"
             )
-        for upload in uploads:
-            assert isinstance(upload, UploadFile)
-            name = upload.filename or ""
-            size = await asyncio.to_thread(workspace.write, name, upload.file, limit)
-            written.append({"path": name, "size": size})
+        parts = [(u.filename or "", u.file) for u in uploads if isinstance(u, UploadFile)]
+        written = await files.upload(workspace, parts, limit)
     return JSONResponse({"files": written}, 201)
 
 
@@ -177,42 +231,39 @@ async def put_file(request: Request) -> Response:
     sandboxes = _gateway(request)
     workspace = sandboxes.workspace(request.path_params["sid"])
     path = request.path_params["path"]
-    with await _spool(request, sandboxes.settings.max_upload_bytes) as body:
-        size = await asyncio.to_thread(
-            workspace.write, path, body, sandboxes.settings.max_upload_bytes
-        )
+    limit = sandboxes.settings.max_upload_bytes
+    size = await files.put(workspace, path, request.stream(), limit)
     return JSONResponse({"path": path, "size": size}, 201)
 
 
 async def list_files(request: Request) -> Response:
     workspace = _gateway(request).workspace(request.path_params["sid"])
-    files = await asyncio.to_thread(workspace.listing)
-    return JSONResponse(
-        {
-            "files": [
-                {"path": f.path, "size": f.size, "modified_at": iso(f.modified_at)} for f in files
-            ]
-        }
-    )
+    found = await files.listing(workspace)
+    body: dict[str, Any] = {
+        "files": [
+            {"path": f.path, "size": f.size, "modified_at": iso(f.modified_at)}
+            for f in found.files
+        ],
+        "truncated": bool(found.cut),
+    }
+    if found.cut:
+        body["note"] = f"part of the workspace is not listed: {found.cut}"
+    return JSONResponse(body)
 
 
 async def get_file(request: Request) -> Response:
     workspace = _gateway(request).workspace(request.path_params["sid"])
-    handle, size = workspace.read(request.path_params["path"])
-
-    def chunks() -> Iterator[bytes]:
-        with handle:
-            while chunk := handle.read(256 * 1024):
-                yield chunk
-
-    return StreamingResponse(
-        chunks(), media_type="application/octet-stream", headers={"Content-Length": str(size)}
-    )
+    download = await files.download(workspace, request.path_params["path"])
+    if download.chunks is None:
+        return Response(download.body, media_type="application/octet-stream")
+    # No Content-Length: a file that shrinks while it is sent still ends a well-formed
+    # (chunked) response; it never sends more than the size seen at open.
+    return StreamingResponse(download.chunks, media_type="application/octet-stream")
 
 
 async def delete_file(request: Request) -> Response:
     workspace = _gateway(request).workspace(request.path_params["sid"])
-    workspace.delete(request.path_params["path"])
+    await files.delete(workspace, request.path_params["path"])
     return Response(status_code=204)
 
 
@@ -220,40 +271,18 @@ async def upload_zip(request: Request) -> Response:
     sandboxes = _gateway(request)
     workspace = sandboxes.workspace(request.path_params["sid"])
     s = sandboxes.settings
+    limits = {"max_members": s.zip_max_members, "max_bytes": s.zip_max_bytes}
     ctype = request.headers.get("content-type", "")
     if ctype.startswith("multipart/form-data"):
         async with request.form(max_files=1, max_fields=10) as form:
             upload = form.get("file")
             if not isinstance(upload, UploadFile):
                 raise BadRequest("send the zip as multipart field 'file'", code="no_files")
-            files = await asyncio.to_thread(
-                workspace.extract_zip,
-                upload.file,
-                max_members=s.zip_max_members,
-                max_bytes=s.zip_max_bytes,
-            )
+            written = await files.extract_zip(workspace, upload.file, **limits)
     else:
-        with await _spool(request, s.max_upload_bytes) as body:
-            files = await asyncio.to_thread(
-                workspace.extract_zip,
-                body,
-                max_members=s.zip_max_members,
-                max_bytes=s.zip_max_bytes,
-            )
-    return JSONResponse({"files": files}, 201)
-
-
-async def _spool(request: Request, limit: int) -> BinaryIO:
-    spool = tempfile.SpooledTemporaryFile(max_size=4 * 1024 * 1024)  # noqa: SIM115
-    size = 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            spool.close()
-            raise TooLarge(f"the body is larger than {limit} bytes")
-        spool.write(chunk)
-    spool.seek(0)
-    return spool  # type: ignore[return-value]
+        with await files.spool(request.stream(), s.max_upload_bytes) as body:
+            written = await files.extract_zip(workspace, body, **limits)
+    return JSONResponse({"files": written}, 201)
 
 
 # --- executions -------------------------------------------------------------------------------
@@ -286,15 +315,24 @@ def _follow(sandboxes: Sandboxes, run: Run, after: int) -> AsyncIterator[Event]:
     return sandboxes.follow(run.execution.sandbox_id, run.execution.id, after)
 
 
+class _KeepAlive(ServerSentEvent):
+    """sse-starlette's ping, encoded as `events.keepalive()` (a comment line with no blank line
+    after it). Its own ping ends with a blank line, which httpx-sse turns into an event."""
+
+    def encode(self) -> bytes:
+        return keepalive()
+
+
 def _sse(request: Request, events: AsyncIterator[Event], headers: dict[str, str]) -> Response:
     async def body() -> AsyncIterator[bytes]:
         async for event in events:
-            yield event.sse()
+            yield event.sse()  # one whole event per send: a keep-alive lands between events
 
     settings: Settings = _gateway(request).settings
     return EventSourceResponse(
         body(),
         ping=settings.keepalive_seconds,
+        ping_message_factory=_KeepAlive,
         sep="\n",
         headers={**headers, "Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
     )
@@ -318,15 +356,9 @@ async def get_execution(request: Request) -> Response:
 async def execution_events(request: Request) -> Response:
     sandboxes = _gateway(request)
     sid, eid = request.path_params["sid"], request.path_params["eid"]
-    header = request.headers.get("last-event-id")
-    if header is not None:
-        if not header.strip().isdigit():
-            raise BadRequest(
-                "Last-Event-ID must be an event id (an integer)", code="invalid_header"
-            )
-        after = int(header.strip())
-    else:
-        after = _int_param(request, "after", 0, 0, 2**62)
+    after = _int_header(request, "Last-Event-ID", 0, MAX_INT)
+    if after is None:
+        after = _int_param(request, "after", 0, 0, MAX_INT)
     events = sandboxes.follow(sid, eid, after)
     return _sse(request, events, {"X-Execution-Id": eid})
 
@@ -334,6 +366,44 @@ async def execution_events(request: Request) -> Response:
 async def kill_execution(request: Request) -> Response:
     execution = await _gateway(request).kill(request.path_params["sid"], request.path_params["eid"])
     return JSONResponse(execution.public(), 202)
+
+
+# --- services (serve mode) --------------------------------------------------------------------
+
+
+def _services(request: Request) -> Services:
+    services: Services = request.app.state.services
+    return services
+
+
+def _service(request: Request, service: Service) -> dict[str, Any]:
+    url, host_url = _services(request).preview_urls(service, str(request.base_url))
+    return service.public(url, host_url)
+
+
+async def create_service(request: Request) -> Response:
+    body = parse(ServiceBody, await _json(request))
+    service = _services(request).create(request.path_params["sid"], body)
+    headers = {
+        "Location": f"/v1/sandboxes/{service.sandbox_id}/services/{service.id}",
+        "X-Execution-Id": service.execution_id,
+    }
+    return JSONResponse(_service(request, service), 201, headers=headers)
+
+
+async def list_services(request: Request) -> Response:
+    found = _services(request).in_sandbox(request.path_params["sid"])
+    return JSONResponse({"services": [_service(request, s) for s in found]})
+
+
+async def get_service(request: Request) -> Response:
+    service = _services(request).get(request.path_params["sid"], request.path_params["svid"])
+    return JSONResponse(_service(request, service))
+
+
+async def delete_service(request: Request) -> Response:
+    await _services(request).stop(request.path_params["sid"], request.path_params["svid"])
+    return Response(status_code=204)
 
 
 # --- health -----------------------------------------------------------------------------------
@@ -351,6 +421,52 @@ async def readyz(request: Request) -> Response:
 
 async def openapi_json(request: Request) -> Response:
     return JSONResponse(openapi.document())
+
+
+# --- the dashboard (DESIGN §12): static files shipped in the package, no build step -----------
+
+DASHBOARD_TYPES = {
+    ".html": "text/html; charset=utf-8",
+    ".js": "text/javascript; charset=utf-8",
+    ".css": "text/css; charset=utf-8",
+    ".svg": "image/svg+xml",
+}
+# Scripts, styles and images from this origin only (no inline script, no eval, no CDN), requests
+# to this origin only, and no framing: text a program prints can never run as script here.
+DASHBOARD_CSP = (
+    "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self'; "
+    "connect-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
+)
+
+
+@functools.cache
+def _dashboard_files() -> dict[str, tuple[bytes, str, str]]:
+    """name -> (bytes, media type, ETag) of every file of gateway/dashboard/, read once."""
+    found = {}
+    for entry in (importlib.resources.files(__package__) / "dashboard").iterdir():
+        media = DASHBOARD_TYPES.get("." + entry.name.rpartition(".")[2])
+        if media is not None and entry.is_file():
+            body = entry.read_bytes()
+            found[entry.name] = (body, media, f'"{hashlib.sha256(body).hexdigest()[:20]}"')
+    return found
+
+
+async def dashboard(request: Request) -> Response:
+    name = request.path_params.get("path", "index.html")
+    found = _dashboard_files().get(name)
+    if found is None:
+        raise NotFound(f"no dashboard file {name[:64]!r}", code="asset_not_found")
+    body, media, etag = found
+    headers = {
+        "Content-Security-Policy": DASHBOARD_CSP,
+        "X-Content-Type-Options": "nosniff",
+        "Referrer-Policy": "no-referrer",
+        "Cache-Control": "no-cache",
+        "ETag": etag,
+    }
+    if request.headers.get("if-none-match") == etag:
+        return Response(status_code=304, headers=headers)
+    return Response(body, media_type=media, headers=headers)
 
 
 # --- body size limits, before any handler reads ---------------------------------------------
@@ -392,6 +508,8 @@ class BodyLimit:
 
 
 ROUTES = [
+    Route("/", dashboard),
+    Route("/dashboard/{path}", dashboard),
     Route("/healthz", healthz),
     Route("/readyz", readyz),
     Route("/openapi.json", openapi_json),
@@ -411,6 +529,10 @@ ROUTES = [
     Route("/v1/sandboxes/{sid}/executions/{eid}", get_execution, methods=["GET"]),
     Route("/v1/sandboxes/{sid}/executions/{eid}/events", execution_events, methods=["GET"]),
     Route("/v1/sandboxes/{sid}/executions/{eid}/kill", kill_execution, methods=["POST"]),
+    Route("/v1/sandboxes/{sid}/services", create_service, methods=["POST"]),
+    Route("/v1/sandboxes/{sid}/services", list_services, methods=["GET"]),
+    Route("/v1/sandboxes/{sid}/services/{svid}", get_service, methods=["GET"]),
+    Route("/v1/sandboxes/{sid}/services/{svid}", delete_service, methods=["DELETE"]),
 ]
 
 
@@ -419,8 +541,9 @@ def create_app(settings: Settings | None = None) -> Starlette:
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
-        async with open_gateway(settings) as sandboxes:
+        async with open_gateway(settings) as sandboxes, open_services(sandboxes) as services:
             app.state.sandboxes = sandboxes
+            app.state.services = services
             yield
 
     app = Starlette(
@@ -438,5 +561,13 @@ def create_app(settings: Settings | None = None) -> Starlette:
     if origins:
         app.add_middleware(CORSMiddleware, allow_origins=origins, allow_methods=["*"],
                            allow_headers=["*"], expose_headers=["X-Execution-Id"])
+    # Outermost: preview traffic (`/preview/…`, `{token}.{PETRI_PREVIEW_DOMAIN}`) goes to its
+    # service with no body limit and no CORS of the API's.
+    app.add_middleware(
+        PreviewRouter, services=lambda: app.state.services, domain=settings.preview_domain
+    )
+    for name in ("uvicorn.access", "uvicorn.error"):
+        if not any(isinstance(f, RedactTokens) for f in logging.getLogger(name).filters):
+            logging.getLogger(name).addFilter(RedactTokens())
     app.state.settings = settings
     return app

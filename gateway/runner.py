@@ -8,11 +8,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ipaddress
 import re
 from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 import aiodocker
 import aiohttp
@@ -44,11 +43,30 @@ _KILL_GROUP = (
     ': > "/tmp/.petri-$0.kill" 2>/dev/null; '
     '{ read p < "/tmp/.petri-$0.pid"; } 2>/dev/null && kill -KILL -"$p" 2>/dev/null; exit 0'
 )
+# Every process of the sandbox user but PID 1 (and this helper), except the process groups of
+# the running services whose exec ids are the arguments ($@). With no service, one `kill -1`;
+# else a scan of /proc (builtins only), repeated while it finds something to kill. A service
+# whose pid file is missing (it is starting, or its program removed it) spares everything.
+_KILL_REST = (
+    'if [ $# -eq 0 ]; then kill -KILL -1 2>/dev/null; else '
+    'keep=" "; ok=1; '
+    'for e; do { read g < "/tmp/.petri-$e.pid"; } 2>/dev/null && keep="$keep$g " || ok=; done; '
+    'n=0; while [ -n "$ok" ] && [ $n -lt 8 ]; do n=$((n+1)); hit=; '
+    'for d in /proc/[0-9]*; do q=${d#/proc/}; '
+    '[ "$q" = 1 ] || [ "$q" = $$ ] && continue; '
+    '{ read s < "$d/stat"; } 2>/dev/null || continue; '
+    'set -- ${s##*) }; [ "$1" = Z ] && continue; '
+    'case "$keep" in *" $3 "*) continue;; esac; '
+    'kill -KILL "$q" 2>/dev/null && hit=1; done; '
+    '[ -n "$hit" ] || break; done; fi'
+)
+_KILL_ALL = _KILL_REST + "; exit 0"
 # After an exec ended: kill what is left of its group (and, with "all", every process of the
-# sandbox user but PID 1: daemons that left the group), then remove its pid file.
+# sandbox user but PID 1 and running services: daemons that left the group), then remove its
+# pid file.
 _SETTLE = (
     '{ read p < "/tmp/.petri-$0.pid"; } 2>/dev/null && kill -KILL -"$p" 2>/dev/null; '
-    '[ "$1" = all ] && kill -KILL -1 2>/dev/null; '
+    f'if [ "$1" = all ]; then shift; {_KILL_REST}; fi; '
     'exec rm -f "/tmp/.petri-$0.pid" "/tmp/.petri-$0.kill"'
 )
 MERGE_BYTES = 64 * 1024
@@ -205,9 +223,13 @@ class Process:
 
 
 class Runner:
-    def __init__(self, url: str = "") -> None:
+    """`max_starts` bounds the containers being created and started at once (a burst would
+    overload Docker); a slot is held for the create and start only, never while one runs."""
+
+    def __init__(self, url: str = "", max_starts: int = 4) -> None:
         self._url = url or None
         self._docker: aiodocker.Docker | None = None
+        self._starts = asyncio.Semaphore(max_starts)
 
     @property
     def docker(self) -> aiodocker.Docker:
@@ -238,12 +260,13 @@ class Runner:
     async def start_container(self, spec: ContainerSpec) -> str:
         """Create and start a long-lived container; return its id."""
         with _docker_errors(f"starting container {spec.name}"):
-            container = await self.docker.containers.create(spec.config(), name=spec.name)
-            try:
-                await container.start()
-            except aiodocker.DockerError:
-                await container.delete(force=True)
-                raise
+            async with self._starts:
+                container = await self.docker.containers.create(spec.config(), name=spec.name)
+                try:
+                    await container.start()
+                except aiodocker.DockerError:
+                    await container.delete(force=True)
+                    raise
             return str(container.id)
 
     def run_container(self, spec: ContainerSpec, timeout: float) -> Process:
@@ -252,13 +275,17 @@ class Runner:
 
         async def setup_and_stream() -> AsyncIterator[tuple[int, bytes]]:
             with _docker_errors(f"running container {spec.name}"):
-                container = await self.docker.containers.create(spec.config(), name=spec.name)
-                state["container"] = container
-                # Attached before start: nothing to replay (and with the `none` log
-                # driver, `logs=True` fails the attach).
-                stream = container.attach(stdout=True, stderr=True, logs=False)
-                async with stream:
-                    await container.start()
+                async with contextlib.AsyncExitStack() as stack:
+                    async with self._starts:
+                        container = await self.docker.containers.create(
+                            spec.config(), name=spec.name
+                        )
+                        state["container"] = container
+                        # Attached before start: nothing to replay (and with the `none` log
+                        # driver, `logs=True` fails the attach).
+                        stream = container.attach(stdout=True, stderr=True, logs=False)
+                        await stack.enter_async_context(cast(Any, stream))
+                        await container.start()
                     async for item in _merged(stream):
                         yield item
 
@@ -294,42 +321,6 @@ class Runner:
             found = await self.docker.containers.list(all=True, filters={"label": wanted})
         return [(str(c.id), dict(c["Labels"] or {})) for c in found]
 
-    async def ensure_network(
-        self,
-        name: str,
-        *,
-        internal: bool = True,
-        icc: bool = False,
-        labels: Mapping[str, str] | None = None,
-    ) -> str:
-        """Create (or reuse) a bridge network; return its gateway address on the host.
-
-        `internal` gives it no route out; `icc=False` stops its containers reaching each
-        other. An existing network of that name with other settings is refused, not reused.
-        """
-        options = {"com.docker.network.bridge.enable_icc": "true" if icc else "false"}
-        with _docker_errors(f"preparing network {name}"):
-            try:
-                info = await (await self.docker.networks.get(name)).show()
-            except aiodocker.DockerError as exc:
-                if exc.status != 404:
-                    raise
-                config = {"Name": name, "Driver": "bridge", "Internal": internal}
-                config.update(CheckDuplicate=True, Options=options, Labels=dict(labels or {}))
-                with contextlib.suppress(aiodocker.DockerError):  # 409: made meanwhile
-                    await self.docker.networks.create(config)
-                info = await (await self.docker.networks.get(name)).show()
-        found = info.get("Options") or {}
-        wrong = any(found.get(k) != v for k, v in options.items())
-        if wrong or bool(info.get("Internal")) != internal:
-            raise RunnerError(f"network {name} exists with other settings (internal, icc)")
-        for pool in (info.get("IPAM") or {}).get("Config") or []:
-            if pool.get("Gateway"):
-                return str(pool["Gateway"])
-            if pool.get("Subnet"):
-                return str(next(ipaddress.ip_network(pool["Subnet"], strict=False).hosts()))
-        raise RunnerError(f"network {name} has no gateway address")
-
     async def exec(
         self,
         container_id: str,
@@ -363,16 +354,24 @@ class Runner:
         """SIGKILL the process group of one exec (from another exec: Docker has no API)."""
         await self._quick(container_id, ["/bin/sh", "-c", _KILL_GROUP, exec_id], user)
 
-    async def kill_all(self, container_id: str, user: str) -> None:
-        """SIGKILL every process of the sandbox user but PID 1 (escaped groups, daemons)."""
-        await self._quick(
-            container_id, ["/bin/sh", "-c", "kill -KILL -1 2>/dev/null; exit 0"], user
-        )
+    async def kill_all(self, container_id: str, user: str, spare: Sequence[str] = ()) -> None:
+        """SIGKILL every process of the sandbox user but PID 1 (escaped groups, daemons),
+        except the process groups of the execs in `spare` (running services)."""
+        await self._quick(container_id, ["/bin/sh", "-c", _KILL_ALL, "kill-all", *spare], user)
 
-    async def settle(self, container_id: str, exec_id: str, user: str, *, everything: bool) -> None:
+    async def settle(
+        self,
+        container_id: str,
+        exec_id: str,
+        user: str,
+        *,
+        everything: bool,
+        spare: Sequence[str] = (),
+    ) -> None:
         """After an exec ended: SIGKILL what is left of its process group (background jobs,
-        a fork bomb) and, with `everything`, every process of the sandbox user but PID 1."""
-        argv = ["/bin/sh", "-c", _SETTLE, exec_id, "all" if everything else "group"]
+        a fork bomb) and, with `everything`, every process of the sandbox user but PID 1 and
+        the process groups of the execs in `spare` (running services)."""
+        argv = ["/bin/sh", "-c", _SETTLE, exec_id, "all" if everything else "group", *spare]
         await self._quick(container_id, argv, user)
 
     async def process_count(self, container_id: str) -> int:

@@ -13,9 +13,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from . import events as ev
+from . import tree
 from .config import Settings
 from .deps import Installer, InstallResult, missing_modules
-from .errors import PetriError
+from .errors import NotFound, PetriError
 from .executions import ExecutionLog
 from .models import ExecBody, Execution, Sandbox, now
 from .registry import Registry
@@ -26,7 +27,9 @@ from .workspace import Workspaces
 
 log = logging.getLogger("petri.runs")
 CODE_DIR = ".petri/code"
+SCRATCH_SECONDS = 60.0  # removing one run's scratch folder
 KILL_GRACE_SECONDS = 2.0
+INSTALL_STOP_SECONDS = 15.0  # how long a kill waits for a cancelled install to clean up
 STDERR_TAIL_BYTES = 8192
 
 
@@ -41,12 +44,17 @@ class Run:
     killed: bool = False
     interrupted: bool = False
     install: InstallResult | None = None
+    installing: asyncio.Task[InstallResult] | None = None  # while the install phase runs
     stopped: asyncio.Event = field(default_factory=asyncio.Event)
     # set just before the program starts: the container it runs in
     container_id: str = ""
     idle_timeout: float | None = None
     idle: bool = False  # ended by the idle-output timeout
     stderr_tail: bytearray = field(default_factory=bytearray)  # for the missing-module hint
+    # serve mode: while it runs, the clean-up after other execs spares its process group
+    service: bool = False
+    # set (by serve mode) to end the run with this `error` event instead of `exit`
+    failure: dict[str, Any] | None = None
     tests: TestSession | None = None  # test mode (gateway/testmode.py)
 
 
@@ -87,13 +95,33 @@ class Runs:
                 out=run.log,
                 workspace=self.workspaces.get(sandbox.id),
                 seconds=seconds,
-                stop_exec=self.stop_exec,
+                stop_exec=lambda cid, eid, reader_of: self.stop_exec(
+                    cid, eid, reader_of, sandbox.id
+                ),
                 leftover=lambda exec_id: self._stale.setdefault(sandbox.id, []).append(exec_id),
             )
-        run.task = asyncio.create_task(self._drive(run, sandbox, runtime, body, seconds))
+        run.task = asyncio.create_task(self._own(run, sandbox, runtime, body, seconds))
+
+    async def _own(
+        self, run: Run, sandbox: Sandbox, runtime: Runtime, body: ExecBody, seconds: float
+    ) -> None:
+        """`_drive`, whose ending (`_finish`) always runs; an error that escapes even its
+        handlers is logged here, never left in the task for a shutdown to trip over."""
+        try:
+            await self._drive(run, sandbox, runtime, body, seconds)
+        except Exception:
+            log.exception("execution %s: its ending failed", run.execution.id)
 
     def in_sandbox(self, sandbox_id: str) -> list[Run]:
         return [r for r in self.live.values() if r.execution.sandbox_id == sandbox_id]
+
+    def services_in(self, sandbox_id: str) -> list[str]:
+        """Execution ids of the sandbox's running services (spared by kill-alls)."""
+        return [
+            r.execution.id
+            for r in self.live.values()
+            if r.service and r.container_id and r.execution.sandbox_id == sandbox_id
+        ]
 
     def busy(self) -> set[str]:
         """Sandboxes with a running execution (which counts as activity)."""
@@ -116,24 +144,28 @@ class Runs:
         self, run: Run, sandbox: Sandbox, runtime: Runtime, body: ExecBody, seconds: float
     ) -> None:
         execution, out = run.execution, run.log
+        # The exec's deadline starts now: the install and the program share it.
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + seconds
         try:
             container_id = await self._ensure_container(sandbox)
-            run.install = await self.installer.prepare(sandbox, runtime, out)
-            if run.install.status == "failed":
+            run.install = await self._install(run, sandbox, runtime, deadline)
+            if run.interrupted or (run.install is None and not run.killed):
+                raise asyncio.CancelledError
+            if run.killed:  # killed before it started: as if SIGKILLed at once
+                self._end(run, "killed", ev.EXIT, _killed_at_once(), exit_code=137)
+                return
+            if run.install is not None and run.install.status == "failed":
+                execution.timed_out = run.install.timed_out
                 self._end(
                     run,
-                    "failed",
+                    "timed_out" if run.install.timed_out else "failed",
                     ev.ERROR,
                     {
                         "code": "install_failed",
                         "message": "dependency install failed:\n" + run.install.log[-4000:],
                     },
                 )
-                return
-            if run.interrupted:
-                raise asyncio.CancelledError
-            if run.killed:  # killed before it started: as if SIGKILLed at once
-                self._end(run, "killed", ev.EXIT, _killed_at_once(), exit_code=137)
                 return
             env = {
                 **runtime.env,
@@ -145,8 +177,8 @@ class Runs:
             await self._settled(sandbox.id)
             run.container_id = container_id
             if run.tests is not None:  # test mode: the runner's argv, the app answering (§9)
-                env, seconds = await run.tests.begin(
-                    container_id, env, lambda: run.killed or run.interrupted
+                env = await run.tests.begin(
+                    container_id, env, lambda: run.killed or run.interrupted, deadline
                 )
             proc = await self.runner.exec(
                 container_id,
@@ -159,7 +191,7 @@ class Runs:
             )
             if run.tests is not None:
                 proc = run.tests.watch(proc)
-            timed_out = await self._pump(run, proc, seconds)
+            timed_out = await self._pump(run, proc, max(0.0, deadline - loop.time()))
             exit_code = await proc.exit_code()
             oom = await self._oom_killed(sandbox.id, container_id, exit_code, run, timed_out)
             out.close_output()
@@ -174,6 +206,9 @@ class Runs:
             )
             execution.timed_out, execution.oom_killed = timed_out, oom
             execution.truncated = out.budget.truncated
+            if run.failure is not None and not run.interrupted:
+                self._end(run, "failed", ev.ERROR, run.failure)
+                return
             if run.interrupted:
                 self._end(
                     run,
@@ -188,6 +223,7 @@ class Runs:
                 "truncated": out.budget.truncated,
                 "oom_killed": oom,
                 "idle": run.idle,
+                "killed": run.killed,  # by `POST .../kill` (status `killed`), not the kernel
             }
             if exit_code != 0:
                 tail = run.stderr_tail.decode("utf-8", "replace")
@@ -212,17 +248,53 @@ class Runs:
             log.exception("execution %s failed", execution.id)
             self._end(run, "failed", ev.ERROR, {"code": "internal_error", "message": str(exc)})
         finally:
-            if run.tests is not None:  # the app never outlives its run
-                await run.tests.close()
-            if body.code is not None:
-                with contextlib.suppress(PetriError):
-                    self.workspaces.get(sandbox.id).delete(f"{CODE_DIR}/{execution.id}")
-            self.live.pop(execution.id, None)
-            if run.container_id:
-                self._after(sandbox.id, run)
-            run.stopped.set()
-            with contextlib.suppress(PetriError):
-                self.registry.touch_sandbox(sandbox.id, now())
+            try:
+                if run.tests is not None:  # the app never outlives its run
+                    await run.tests.close()
+            finally:
+                scratch = f"{CODE_DIR}/{execution.id}" if body.code is not None else None
+                if run.tests is not None:  # the runner's report folder
+                    scratch = run.tests.report_dir
+                self._finish(run, sandbox.id, scratch)
+
+    def _finish(self, run: Run, sandbox_id: str, scratch: str | None) -> None:
+        """A run's ending, whatever happened before and whatever its clean-up meets: one
+        terminal event, out of `live`, `stopped` set, and the clean-up (leftover processes,
+        then the scratch folder, in a thread) scheduled. Each step is guarded on its own."""
+        eid = run.execution.id
+        if run.log.terminal is None:  # `_end` itself failed (e.g. the registry)
+            try:
+                run.log.emit(ev.ERROR, {"code": "internal_error", "message": "the run failed"})
+            except Exception:
+                log.exception("execution %s: no terminal event", eid)
+        self.live.pop(eid, None)
+        try:
+            self._after(sandbox_id, run, scratch)
+        except Exception:
+            log.exception("execution %s: clean-up not scheduled", eid)
+        run.stopped.set()
+        try:
+            self.registry.touch_sandbox(sandbox_id, now())
+        except Exception:
+            log.exception("execution %s: sandbox not touched", eid)
+
+    async def _install(
+        self, run: Run, sandbox: Sandbox, runtime: Runtime, deadline: float
+    ) -> InstallResult | None:
+        """The install phase, in a task of its own that a kill or an interrupt cancels (which
+        removes its container); None when it was cancelled."""
+        if run.killed or run.interrupted:  # stopped while its container was being made
+            return None
+        task = asyncio.create_task(self.installer.prepare(sandbox, runtime, run.log, deadline))
+        run.installing = task
+        try:
+            await asyncio.wait({task})
+        finally:
+            run.installing = None
+            if not task.done():  # this run itself was cancelled
+                task.cancel()
+                await asyncio.wait({task})
+        return None if task.cancelled() else task.result()
 
     async def _pump(self, run: Run, proc: Process, seconds: float) -> bool:
         """Stream output into the log until EOF; on the wall-clock timeout, or when no output
@@ -271,22 +343,34 @@ class Runs:
     async def stop(self, run: Run) -> None:
         """SIGKILL an execution's process group; if its output still does not end (a process
         left the group), every process of the sandbox user; if even that does not end it (no
-        helper could start), the container itself: the next exec gets a new one."""
-        sandbox = self.registry.get_sandbox(run.execution.sandbox_id)
+        helper could start), the container itself: the next exec gets a new one. During the
+        install phase, the install stops (its container is removed) before this returns."""
+        installing = run.installing
+        if installing is not None and not installing.done():
+            installing.cancel()
+            await asyncio.wait({installing}, timeout=INSTALL_STOP_SECONDS)
+            return
+        sandbox_id = run.execution.sandbox_id
+        sandbox = self.registry.get_sandbox(sandbox_id)
         container_id = run.container_id or (sandbox.container_id if sandbox else "")
         if container_id:
-            await self.stop_exec(container_id, run.execution.id, lambda: run.reader)
+            await self.stop_exec(container_id, run.execution.id, lambda: run.reader, sandbox_id)
 
     async def stop_exec(
-        self, container_id: str, eid: str, reader_of: Callable[[], asyncio.Task[None] | None]
+        self,
+        container_id: str,
+        eid: str,
+        reader_of: Callable[[], asyncio.Task[None] | None],
+        sandbox_id: str,
     ) -> None:
         """The kill ladder of one exec (a run's program, test mode's app): its group, then
-        every process of the sandbox user, then the container, each step only while the
-        exec's output (read by the task `reader_of()` returns) has not ended."""
+        every process of the sandbox user but running services, then the container, each
+        step only while the exec's output (read by the task `reader_of()` returns) goes on."""
         user = self.settings.sandbox_user
+        spare = [e for e in self.services_in(sandbox_id) if e != eid]
         steps: tuple[Callable[[], Awaitable[None]], ...] = (
             lambda: self.runner.kill_group(container_id, eid, user),
-            lambda: self.runner.kill_all(container_id, user),
+            lambda: self.runner.kill_all(container_id, user, spare),
             lambda: self.runner.kill_container(container_id),
         )
         for step in steps:
@@ -306,29 +390,25 @@ class Runs:
         if task is not None:
             await asyncio.wait({task})
 
-    def _after(self, sandbox_id: str, run: Run) -> None:
+    def _after(self, sandbox_id: str, run: Run, scratch: str | None) -> None:
         """Once an exec ended, kill what it left behind (its group; with no other exec running
         in the sandbox, every process of the sandbox user), so a fork bomb or a stray daemon
-        cannot hold the sandbox's pids, memory or CPU. Runs after the terminal event; the
-        sandbox's next exec waits for it, only ~15 ms when nothing was left behind (the
-        container's process count, read from the host, is just the keeper's)."""
+        cannot hold the sandbox's pids, memory or CPU; then remove its `scratch` folder (in
+        a thread, bounded in time: it may hold a huge or deep tree). Runs after the terminal
+        event; the sandbox's next exec waits for it, only ~15 ms when nothing was left
+        behind (the container's process count, read from the host, is just the keeper's)."""
         previous = self._settling.get(sandbox_id)
 
         async def settle() -> None:
             if previous is not None:
                 await asyncio.wait({previous})
-            running = self.live.values()
-            busy = any(r.container_id and r.execution.sandbox_id == sandbox_id for r in running)
-            cid, eid, user = run.container_id, run.execution.id, self.settings.sandbox_user
             try:
-                if not busy and await self.runner.process_count(cid) <= KEEPER_PROCESSES:
-                    # Nothing is left but the keeper: only the exec's files in /tmp remain,
-                    # and the sandbox's next exec removes them on its way (no extra exec).
-                    self._stale.setdefault(sandbox_id, []).append(eid)
-                    return
-                await self.runner.settle(cid, eid, user, everything=not busy)
-            except PetriError as exc:
-                log.info("clean-up after %s: %s", eid, exc.message)
+                if run.container_id:
+                    await self._kill_leftovers(sandbox_id, run)
+            except Exception:
+                log.exception("clean-up after %s failed", run.execution.id)
+            if scratch is not None:
+                await self._remove_scratch(sandbox_id, scratch)
 
         task = asyncio.create_task(settle())
         self._settling[sandbox_id] = task
@@ -338,6 +418,35 @@ class Runs:
                 del self._settling[sandbox_id]
 
         task.add_done_callback(forget)
+
+    async def _kill_leftovers(self, sandbox_id: str, run: Run) -> None:
+        running = self.live.values()
+        busy = any(
+            r.container_id and r.execution.sandbox_id == sandbox_id and not r.service
+            for r in running
+        )
+        spare = self.services_in(sandbox_id)  # running services outlive other execs
+        cid, eid, user = run.container_id, run.execution.id, self.settings.sandbox_user
+        try:
+            if not busy and await self.runner.process_count(cid) <= KEEPER_PROCESSES:
+                # Nothing is left but the keeper: only the exec's files in /tmp remain,
+                # and the sandbox's next exec removes them on its way (no extra exec).
+                self._stale.setdefault(sandbox_id, []).append(eid)
+                return
+            await self.runner.settle(cid, eid, user, everything=not busy, spare=spare)
+        except PetriError as exc:
+            log.info("clean-up after %s: %s", eid, exc.message)
+
+    async def _remove_scratch(self, sandbox_id: str, folder: str) -> None:
+        workspace = self.workspaces.get(sandbox_id)
+        try:
+            await tree.in_remover(workspace.delete, folder, seconds=SCRATCH_SECONDS)
+        except NotFound:
+            pass
+        except PetriError as exc:  # e.g. still being filled by a process that got away
+            log.warning("scratch folder %s kept: %s", folder, exc.message)
+        except Exception:
+            log.exception("scratch folder %s kept", folder)
 
     async def _oom_killed(
         self, sandbox_id: str, container_id: str, code: int, run: Run, timed_out: bool
@@ -374,5 +483,6 @@ def _killed_at_once() -> dict[str, Any]:
         "truncated": False,
         "oom_killed": False,
         "idle": False,
+        "killed": True,
         "signal": "SIGKILL",
     }

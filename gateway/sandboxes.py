@@ -24,6 +24,7 @@ from .runtimes import Runtime
 from .workspace import Workspace, Workspaces, clean_path
 
 log = logging.getLogger("petri.sandboxes")
+KILL_ANSWER_SECONDS = 5.0
 
 
 class Sandboxes:
@@ -45,11 +46,11 @@ class Sandboxes:
         self.instance = instance_id(settings.data_dir)
         self.labels = {"petri.managed": "1", "petri.instance": self.instance}
         self._locks: dict[str, asyncio.Lock] = {}
-        self._starts = asyncio.Semaphore(settings.max_concurrent_starts)
         self.runs = Runs(
             settings, registry, runner, workspaces, self.installer, self._ensure_container
         )
         self._closing = False
+        self._creating: set[str] = set()  # sandboxes being created, not yet in the registry
 
     # --- lifecycle of the gateway ------------------------------------------------------------
 
@@ -99,8 +100,10 @@ class Sandboxes:
         """Let running execs finish within the grace period, then interrupt them."""
         self._closing = True
         runs = list(self.runs.live.values())
-        if runs:
-            done = asyncio.gather(*(r.stopped.wait() for r in runs))
+        # Services never finish by themselves: they are interrupted at once, below.
+        finishing = [r for r in runs if not r.service]
+        if finishing:
+            done = asyncio.gather(*(r.stopped.wait() for r in finishing))
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(done, self.settings.shutdown_grace_seconds)
         for run in list(self.runs.live.values()):
@@ -122,10 +125,6 @@ class Sandboxes:
             raise Invalid(
                 f"unknown language {body.language[:32]!r}; one of: {known}", code="unknown_language"
             )
-        if self.registry.count_sandboxes() >= s.max_sandboxes:
-            raise OverLimit(
-                f"at most {s.max_sandboxes} sandboxes may exist", code="too_many_sandboxes"
-            )
         ttl = body.ttl_seconds or s.default_ttl_seconds
         if ttl > s.max_ttl_seconds:
             raise Invalid(f"ttl_seconds may be at most {s.max_ttl_seconds}", code="limit_too_high")
@@ -141,8 +140,22 @@ class Sandboxes:
             limits,
             dict(body.env or {}),
         )
-        await self.workspaces.create(sandbox.id, limits.disk_mb)
-        self.registry.put_sandbox(sandbox)
+        # The slot is taken before the first await: creates in flight count against the cap
+        # until their row exists, so a burst cannot overshoot it.
+        if self.registry.count_sandboxes() + len(self._creating) >= s.max_sandboxes:
+            raise OverLimit(
+                f"at most {s.max_sandboxes} sandboxes may exist", code="too_many_sandboxes"
+            )
+        self._creating.add(sandbox.id)
+        try:
+            await self.workspaces.create(sandbox.id, limits.disk_mb)
+            self.registry.put_sandbox(sandbox)
+        except BaseException:
+            self._creating.discard(sandbox.id)
+            with contextlib.suppress(Exception):
+                await self.workspaces.remove(sandbox.id)
+            raise
+        self._creating.discard(sandbox.id)  # counted by the registry from here on
         try:
             await self._start_container(sandbox)
         except BaseException:
@@ -219,9 +232,8 @@ class Sandboxes:
             binds=[f"{self.workspaces.get(sandbox.id).root}:/sandbox:rw"],
             env={**runtime.env, **sandbox.env},
         )
-        async with self._starts:
-            await self.runner.remove_container(spec.name)
-            container_id = await self.runner.start_container(spec)
+        await self.runner.remove_container(spec.name)
+        container_id = await self.runner.start_container(spec)  # within the runner's slots
         sandbox.container_id = container_id
         self.registry.put_sandbox(sandbox)
         self.runs.new_container(sandbox.id)
@@ -257,7 +269,7 @@ class Sandboxes:
                 return Run(done, self._finished_log(done))
         runtime = self.runtimes[sandbox.language]
         execution_id = f"ex-{secrets.token_hex(8)}"
-        # Everything is checked before anything is written (a code file, a row).
+        # Everything is checked before anything is written: a refused exec changes nothing.
         timeout = body.timeout_seconds or self.settings.exec_timeout_seconds
         if max(timeout, body.idle_timeout_seconds or 0) > self.settings.max_exec_timeout_seconds:
             raise Invalid(
@@ -267,7 +279,7 @@ class Sandboxes:
             )
         if body.test:
             testmode.check(runtime, body, timeout)
-        argv = self._argv(sandbox, runtime, body, execution_id)
+        argv = self._argv(sandbox, runtime, body, execution_id)  # the last check; writes `code`
         execution = Execution(
             execution_id, sandbox.id, argv, test=body.test, idempotency_key=idempotency_key
         )
@@ -300,7 +312,13 @@ class Sandboxes:
             return ["/bin/bash", "-c", body.command]
         if body.code is not None:
             path = f"{CODE_DIR}/{eid}/{runtime.source_file}"
-            self.workspaces.get(sandbox.id).write(path, body.code.encode(), len(body.code) * 4 + 1)
+            workspace = self.workspaces.get(sandbox.id)
+            try:
+                workspace.write(path, body.code.encode(), len(body.code) * 4 + 1)
+            except BaseException:  # e.g. the quota is full: leave no empty folder behind
+                with contextlib.suppress(PetriError):
+                    workspace.delete(f"{CODE_DIR}/{eid}")
+                raise
             return runtime.run_argv(path)
         if body.filename is not None:
             path = "/".join(clean_path(body.filename))
@@ -318,6 +336,9 @@ class Sandboxes:
             )
         run.killed = True
         await self.runs.stop(run)
+        # Answer with the ended run (a second kill is then 409), unless its ending lags.
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(run.stopped.wait(), KILL_ANSWER_SECONDS)
         return run.execution
 
     def execution(self, sandbox_id: str, execution_id: str) -> Execution:
@@ -392,6 +413,7 @@ class Sandboxes:
             "timed_out": execution.timed_out,
             "truncated": execution.truncated,
             "oom_killed": execution.oom_killed,
+            "killed": execution.killed,
         }
         inst = run.install.public() if run.install else {"status": "skipped", "packages": []}
         inst["log"] = "".join(install)

@@ -23,7 +23,7 @@ log = logging.getLogger("petri")
 @contextlib.asynccontextmanager
 async def open_gateway(settings: Settings) -> AsyncIterator[Sandboxes]:
     registry = Registry(settings.data_dir)
-    runner = Runner(settings.docker_url)
+    runner = Runner(settings.docker_url, settings.max_concurrent_starts)
     workspaces = Workspaces(settings.workspace_root, settings.uid, settings.gid)
     installer = make_installer(settings, registry, runner, workspaces)
     sandboxes = Sandboxes(
@@ -39,7 +39,7 @@ async def open_gateway(settings: Settings) -> AsyncIterator[Sandboxes]:
         await sandboxes.recover()
     except PetriError as exc:
         log.warning("start-up recovery incomplete (%s); continuing", exc.message)
-    await installer.start()  # the install network and its egress proxy
+    await installer.start()  # the egress proxy's socket directory
     reaper = asyncio.create_task(reap_forever(sandboxes, settings.reaper_interval_seconds))
     try:
         yield sandboxes

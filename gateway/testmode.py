@@ -180,7 +180,7 @@ class TestSession:
         self.execution = execution
         self.out = out
         self.workspace = workspace
-        self.deadline = execution.created_at + seconds
+        self.deadline = 0.0  # the run's, in loop time (`begin`)
         ready = self.app.ready_timeout_seconds if self.app is not None else None
         self.ready_timeout = float(ready or min(DEFAULT_READY_SECONDS, seconds))
         self._stop_exec = stop_exec
@@ -199,19 +199,22 @@ class TestSession:
         self._app_done = False
         self._app_tail = bytearray()
         self._stream: GoTestStream | None = None
-        self._cleaned = False
         self.report: dict[str, Any] | None = None
 
     def remaining(self) -> float:
-        """Seconds left of the run's `timeout_seconds` (counted from its request)."""
-        return max(0.0, self.deadline - time.time())
+        """Seconds left of the run's `timeout_seconds` (install, app and tests share it)."""
+        return max(0.0, self.deadline - asyncio.get_running_loop().time())
 
     async def begin(
-        self, container_id: str, env: dict[str, str], stopping: Callable[[], bool]
-    ) -> tuple[dict[str, str], float]:
+        self,
+        container_id: str,
+        env: dict[str, str],
+        stopping: Callable[[], bool],
+        deadline: float,
+    ) -> dict[str, str]:
         """Pick the runner (its argv becomes the execution's), start the app and wait until
-        it answers. Returns the runner's environment and the seconds it may take."""
-        self.container_id = container_id
+        it answers, by `deadline` (loop time) at the latest. Returns the runner's env."""
+        self.container_id, self.deadline = container_id, deadline
         paths = ["/".join(clean_path(self.body.filename))] if self.body.filename else []
         if self.body.command is not None:
             self.execution.argv = runner_argv(self.body.command, [])
@@ -229,7 +232,7 @@ class TestSession:
                 await self._stop_app()
                 raise
         self._stopped_early = stopping()
-        return runner_env, self.remaining()
+        return runner_env
 
     def watch(self, proc: Process) -> Process:
         """The runner's process, as the run reads it (`go test -json` shown as text)."""
@@ -261,11 +264,12 @@ class TestSession:
         return reports.counts(self.report)
 
     async def close(self) -> None:
-        """Stop the app (if it runs) and remove the report folder. Safe to call again."""
-        await self._stop_app()
-        if not self._cleaned:
-            self._cleaned = True
-            await asyncio.to_thread(self._remove_reports)
+        """Stop the app, if it runs. Safe to call again. (The report folder is the run's
+        scratch folder: `runs` removes it after the run, bounded, in a thread.)"""
+        try:
+            await self._stop_app()
+        except Exception:  # the run must still end; the clean-up after it kills the rest
+            log.exception("stopping the app of %s failed", self.execution.id)
 
     # --- the app under test ------------------------------------------------------------------
 
@@ -405,14 +409,6 @@ class TestSession:
             return reports.parse_junit(documents), None
         except ReportError as exc:
             return None, str(exc)
-
-    def _remove_reports(self) -> None:
-        try:
-            self.workspace.delete(self.report_dir)
-        except PetriError:
-            pass  # never made (the runner did not start) or already gone
-        except Exception:  # a tree the program made to break removal: leave it
-            log.warning("could not remove %s of %s", self.report_dir, self.execution.id)
 
 
 async def _succeeds(proc: Process) -> bool:

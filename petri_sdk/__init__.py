@@ -9,7 +9,14 @@
         sandbox.delete()
 
 `stream` resumes by itself: if the connection drops it reconnects to the execution's events
-with `Last-Event-ID`, so every event arrives exactly once, in order.
+with `Last-Event-ID`, so every event arrives exactly once, in order. It yields only what it
+can read as a Petri event (a known type, an integer id past the last one, a JSON object as
+data) and skips anything else, such as the empty event some SSE readers make of a keep-alive.
+
+Timeouts follow the run, not a fixed number: streams have no read timeout (the gateway sends
+keep-alives while a run is silent, and a run always ends), and `run` (which waits for the
+JSON result) allows `timeout_seconds` plus `wait_margin` seconds for container start and the
+dependency install; without `timeout_seconds` it waits as long as the gateway lets it run.
 """
 
 from __future__ import annotations
@@ -21,11 +28,15 @@ from dataclasses import dataclass
 from typing import Any
 
 import httpx
-from httpx_sse import connect_sse
+from httpx_sse import ServerSentEvent, connect_sse
 
 __all__ = ["Event", "Petri", "PetriAPIError", "Sandbox"]
 
 TERMINAL = ("exit", "error")
+# Every type of the event stream (DESIGN.md §4); other types are skipped, as clients must.
+EVENT_TYPES = frozenset(
+    {"start", "install", "stdout", "stderr", "truncated", "app", "ready", "report", *TERMINAL}
+)
 
 
 class PetriAPIError(Exception):
@@ -51,9 +62,31 @@ def _check(r: httpx.Response) -> httpx.Response:
     return r
 
 
+def _parse(sse: ServerSentEvent, last: int) -> Event | None:
+    """A Petri event, or None for what is not one (or repeats an id already seen)."""
+    if sse.event not in EVENT_TYPES or not (sse.id.isascii() and sse.id.isdigit()):
+        return None
+    try:
+        data = json.loads(sse.data)
+    except ValueError:
+        return None
+    if not isinstance(data, dict) or int(sse.id) <= last:
+        return None
+    return Event(int(sse.id), sse.event, data)
+
+
 class Petri:
-    def __init__(self, base_url: str = "http://127.0.0.1:8000", timeout: float = 300) -> None:
+    """`timeout`: seconds for ordinary calls (uploads included). Streams have no read timeout;
+    `run` waits `timeout_seconds + wait_margin` (container start, dependency install)."""
+
+    def __init__(
+        self,
+        base_url: str = "http://127.0.0.1:8000",
+        timeout: float = 300,
+        wait_margin: float = 660,
+    ) -> None:
         self.http = httpx.Client(base_url=base_url, timeout=timeout)
+        self.timeout, self.wait_margin = timeout, wait_margin
 
     def __enter__(self) -> Petri:
         return self
@@ -97,8 +130,15 @@ class Sandbox:
 
     # executions
     def run(self, **body: Any) -> dict[str, Any]:
-        """Run and wait: `{exit_code, stdout, stderr, install, ...}`."""
-        result: dict[str, Any] = _check(self.petri.http.post(f"{self.url}/exec", json=body)).json()
+        """Run and wait: `{exit_code, stdout, stderr, install, ...}`. Waits as long as the run
+        may take: `timeout_seconds` (and `idle_timeout_seconds`) plus the client's margin."""
+        seconds = body.get("timeout_seconds")
+        read = None
+        if isinstance(seconds, int | float) and not isinstance(seconds, bool):
+            read = float(seconds) + self.petri.wait_margin
+        timeout = httpx.Timeout(self.petri.timeout, read=read)
+        r = self.petri.http.post(f"{self.url}/exec", json=body, timeout=timeout)
+        result: dict[str, Any] = _check(r).json()
         return result
 
     def start(self, **body: Any) -> str:
@@ -124,12 +164,16 @@ class Sandbox:
                     "GET",
                     f"{self.url}/executions/{execution_id}/events",
                     headers={"Last-Event-ID": str(last)},
+                    # No read timeout: a silent run sends keep-alives, and every run ends.
+                    timeout=httpx.Timeout(self.petri.timeout, read=None),
                 ) as source:
                     if source.response.status_code >= 400:
                         source.response.read()
                         _check(source.response)
                     for sse in source.iter_sse():
-                        event = Event(int(sse.id), sse.event, json.loads(sse.data))
+                        event = _parse(sse, last)
+                        if event is None:
+                            continue
                         last, failures = event.id, 0
                         yield event
                         if event.type in TERMINAL:

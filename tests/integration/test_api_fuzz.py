@@ -1,6 +1,6 @@
 """Fuzz the API from its own OpenAPI document (schemathesis): whatever a client sends, the
-gateway never answers 5xx, and every answer has the status codes and content types the
-document promises.
+gateway never answers 5xx, and every answer has the status codes, content types and body
+schemas the document promises.
 
 A dedicated gateway keeps the fuzzing bounded: few sandboxes, short exec timeouts, small
 quotas. Half of the generated requests that name a sandbox are pointed at a real one, so the
@@ -18,6 +18,7 @@ from hypothesis import HealthCheck, Phase, settings
 from schemathesis.checks import (
     content_type_conformance,
     not_a_server_error,
+    response_schema_conformance,
     status_code_conformance,
 )
 
@@ -96,7 +97,13 @@ def test_api_never_answers_5xx(
     response = case.call(timeout=60)
     SEEN[response.status_code] += 1
     case.validate_response(
-        response, checks=[not_a_server_error, status_code_conformance, content_type_conformance]
+        response,
+        checks=[
+            not_a_server_error,
+            status_code_conformance,
+            content_type_conformance,
+            response_schema_conformance,
+        ],
     )
 
 

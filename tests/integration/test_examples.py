@@ -38,3 +38,8 @@ def test_example_runs(gateway: Gateway, name: str) -> None:
         assert "-- report (pytest): 3 passed, 0 failed, 0 skipped, 0 errors" in done.stdout
         assert "passed  tests.test_app :: test_add" in done.stdout
         assert "-- exit 0, tests {'passed': 3, 'failed': 0, 'skipped': 0, " in done.stdout
+    if name.startswith("07"):
+        assert "status: ready" in done.stdout
+        assert "<h1>Hello from a Petri sandbox</h1>" in done.stdout
+        assert '"path": "/api/hello?name=petri"' in done.stdout
+        assert "the preview answers 404" in done.stdout and "event: ready" in done.stdout

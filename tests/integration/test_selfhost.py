@@ -11,7 +11,6 @@ from __future__ import annotations
 import os
 import re
 import shutil
-import socket
 import subprocess
 import tempfile
 import time
@@ -24,8 +23,9 @@ import httpx
 import pytest
 
 from tests.conftest import ROOT, free_port
+from tests.index import Server, bridge_address, build_wheel, write_simple_index
 
-IMAGE = "petri-gateway:selftest"
+IMAGE = os.environ.get("PETRI_SELFTEST_IMAGE", "petri-gateway:selftest")
 CONTEXT_FILES = ("Dockerfile", ".dockerignore", "pyproject.toml", "README.md")
 CONTEXT_DIRS = ("gateway", "runtimes")
 BUILD_TIMEOUT_SECONDS = 1800
@@ -96,13 +96,26 @@ def gateway_image(docker_ready: None) -> str:
     return IMAGE
 
 
+@pytest.fixture(scope="module")
+def bridge_index() -> Iterator[Server]:
+    """A package index on the host's docker0 address, which a gateway container reaches
+    from its own network namespace and from the host's alike."""
+    root = Path(tempfile.mkdtemp(prefix="petri-selfhost-index-"))
+    wheel = build_wheel(root, "petri-demo-pkg", "1.0", "petri_demo_pkg", "VALUE = 'demo'\n")
+    write_simple_index(root, "petri-demo-pkg", [wheel])
+    server = Server(root, host=bridge_address()).start()
+    yield server
+    server.stop()
+    shutil.rmtree(root, ignore_errors=True)
+
+
 @pytest.fixture(params=["bridge", "host"])
 def containerized_gateway(
-    request: pytest.FixtureRequest, gateway_image: str
+    request: pytest.FixtureRequest, gateway_image: str, bridge_index: Server
 ) -> Iterator[tuple[str, Path, str]]:
     """The gateway image serving on 127.0.0.1:<free port>: published from its own network
-    namespace (`-p`, plain `docker run`) or in the host's (docker-compose.yml's way).
-    Yields (url, workspace root, container name)."""
+    namespace (`-p`, plain `docker run`) or in the host's (docker-compose.yml's way), its
+    egress allowlist holding the test's index. Yields (url, workspace root, container name)."""
     workspaces = Path(tempfile.mkdtemp(prefix="petri-selfhost-ws-"))
     name = f"petri-selfhost-{uuid.uuid4().hex[:10]}"
     port = free_port()
@@ -110,7 +123,7 @@ def containerized_gateway(
     # sweep goes by) is made there at first start, so equal paths in two containers are safe.
     data_dir = "/var/lib/petri/data"
     if request.param == "host":
-        network = ["--network", "host", "-e", f"PETRI_EGRESS_PORT={free_port()}"]
+        network = ["--network", "host"]
         serve = ["--host", "127.0.0.1", "--port", str(port)]
     else:
         network = ["-p", f"127.0.0.1:{port}:8000"]
@@ -135,6 +148,8 @@ def containerized_gateway(
         "PETRI_DISK_MB=0",
         "-e",
         "PETRI_LOG_LEVEL=info",
+        "-e",
+        f"PETRI_EGRESS_ALLOW={bridge_index.host}:{bridge_index.port}",
         gateway_image,
         *serve,
     )
@@ -173,9 +188,9 @@ def _wait_healthy(name: str, url: str, seconds: float = 60) -> None:
 
 @pytest.mark.docker
 def test_gateway_image_serves_and_reaches_docker(
-    containerized_gateway: tuple[str, Path, str],
+    containerized_gateway: tuple[str, Path, str], bridge_index: Server
 ) -> None:
-    url, workspaces, name = containerized_gateway
+    url, workspaces, _ = containerized_gateway
     with httpx.Client(base_url=url, timeout=120) as client:
         health = client.get("/healthz")
         assert health.status_code == 200, health.text
@@ -198,30 +213,27 @@ def test_gateway_image_serves_and_reaches_docker(
         finally:
             assert client.delete(f"/v1/sandboxes/{sid}").status_code == 204
         assert not (workspaces / sid).exists()
-    env = _docker("inspect", "--format", "{{json .Config.Env}}", name).stdout
-    egress_port = re.search(r"PETRI_EGRESS_PORT=(\d+)", env)
-    if egress_port:
-        # Host networking: only in the host's network namespace can the egress proxy
-        # (dependency installs) listen on the install network's gateway address, which is why
-        # docker-compose.yml uses it. The proxy must answer there.
-        address = _docker(
-            "network", "inspect", "--format", "{{(index .IPAM.Config 0).Gateway}}", "petri-egress"
-        ).stdout.strip()
-        assert address, "the gateway did not create its install network petri-egress"
-        _wait_listening(address, int(egress_port.group(1)), name)
 
-
-def _wait_listening(host: str, port: int, name: str, seconds: float = 20) -> None:
-    deadline = time.monotonic() + seconds
-    while True:
+        # A real install: the install container has no network; the gateway serves its
+        # egress proxy on a socket under the workspace root (the path the host shares), the
+        # daemon bind-mounts it from the host, and the proxy reaches the test's index.
+        env = {"PIP_INDEX_URL": f"{bridge_index.url}/simple", "PIP_TRUSTED_HOST": bridge_index.host}
+        created = client.post("/v1/sandboxes", json={"language": "python", "env": env})
+        assert created.status_code == 201, created.text
+        sid = created.json()["id"]
         try:
-            with socket.create_connection((host, port), timeout=2):
-                return
-        except OSError as exc:
-            if time.monotonic() > deadline:
-                logs = _docker("logs", "--tail", "30", name)
-                pytest.fail(f"egress proxy not listening on {host}:{port} ({exc}):\n{logs.stderr}")
-            time.sleep(0.3)
+            put = client.put(
+                f"/v1/sandboxes/{sid}/files/requirements.txt", content=b"petri-demo-pkg\n"
+            )
+            assert put.status_code in (200, 201), put.text
+            code = "import petri_demo_pkg\nprint(petri_demo_pkg.VALUE)\n"
+            ran = client.post(f"/v1/sandboxes/{sid}/exec", json={"code": code}).json()
+            assert ran["install"]["status"] == "installed", ran["install"]["log"][-3000:]
+            assert ran["stdout"] == "demo\n", ran
+        finally:
+            assert client.delete(f"/v1/sandboxes/{sid}").status_code == 204
+    assert (workspaces / ".egress").is_dir()
+    assert bridge_index.hits, "the index was never asked"
 
 
 # --- docker-compose.yml ------------------------------------------------------------------------

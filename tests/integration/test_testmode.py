@@ -555,7 +555,9 @@ def test_hostile_reports_give_null_cases_not_a_crash(
     assert report["passed"] is None and message in report["message"], report
     assert "root:" not in str(report)
     assert events[-1].type == "exit" and events[-1].data["tests"]["failed"] is None
-    # The gateway removed the report folder (a symlink: only the link) and still serves.
+    # The gateway removed the report folder (a symlink: only the link) and still serves
+    # (removal follows the run; the sandbox's next exec waits for it).
+    processes(client, sid)
     files = [f["path"] for f in client.get(f"/v1/sandboxes/{sid}/files").json()["files"]]
     assert not [f for f in files if f.startswith(".petri/reports/")]
     assert Path("/etc/passwd").exists()

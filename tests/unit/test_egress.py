@@ -6,7 +6,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator
+import os
+import shutil
+import stat
+import tempfile
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
 
 import pytest
 
@@ -145,17 +150,27 @@ async def upstream() -> AsyncIterator[Upstream]:
 
 
 @pytest.fixture
-async def proxy(upstream: Upstream) -> AsyncIterator[EgressProxy]:
+def folder() -> Iterator[Path]:
+    """A short directory for sockets (a Unix socket path holds at most 107 bytes)."""
+    path = Path(tempfile.mkdtemp(prefix="petri-egress-", dir="/tmp"))
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+@pytest.fixture
+async def proxy(upstream: Upstream, folder: Path) -> AsyncIterator[EgressProxy]:
     p = EgressProxy([f"127.0.0.1:{upstream.port}", "localhost:1"])
-    await p.start("127.0.0.1")
+    await p.listen("sb-a", folder / "sb-a.sock")
     yield p
     await p.close()
 
 
 async def ask(
-    proxy: EgressProxy, request: bytes
+    proxy: EgressProxy, request: bytes, source: str = "sb-a"
 ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter, bytes]:
-    reader, writer = await asyncio.open_connection("127.0.0.1", proxy.port)
+    path = proxy.path(source)
+    assert path is not None
+    reader, writer = await asyncio.open_unix_connection(str(path))
     writer.write(request)
     await writer.drain()
     head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
@@ -240,12 +255,12 @@ async def test_an_oversized_head_gets_431(proxy: EgressProxy) -> None:
     writer.close()
 
 
-async def test_an_unreachable_allowed_host_gets_502(upstream: Upstream) -> None:
+async def test_an_unreachable_allowed_host_gets_502(upstream: Upstream, folder: Path) -> None:
     closed = await Upstream().start()
     await closed.close()
     await asyncio.sleep(0.05)
     proxy = EgressProxy([f"127.0.0.1:{closed.port}"])
-    await proxy.start("127.0.0.1")
+    await proxy.listen("sb-a", folder / "a.sock")
     try:
         _, writer, head = await ask(proxy, b"CONNECT 127.0.0.1:%d HTTP/1.1\r\n\r\n" % closed.port)
         assert head.split()[1] == b"502"
@@ -254,16 +269,77 @@ async def test_an_unreachable_allowed_host_gets_502(upstream: Upstream) -> None:
         await proxy.close()
 
 
-async def test_close_ends_open_tunnels(upstream: Upstream) -> None:
+async def test_unlisten_ends_that_sources_tunnels_only(upstream: Upstream, folder: Path) -> None:
     proxy = EgressProxy([f"127.0.0.1:{upstream.port}"])
-    await proxy.start("127.0.0.1")
-    assert proxy.url == f"http://127.0.0.1:{proxy.port}" and proxy.running
-    reader, _, head = await ask(proxy, b"CONNECT 127.0.0.1:%d HTTP/1.1\r\n\r\n" % upstream.port)
+    await proxy.listen("sb-a", folder / "a.sock")
+    await proxy.listen("sb-b", folder / "b.sock")
+    connect = b"CONNECT 127.0.0.1:%d HTTP/1.1\r\n\r\n" % upstream.port
+    a_reader, _, head = await ask(proxy, connect, "sb-a")
     assert head.startswith(b"HTTP/1.1 200 ")
+    b_reader, b_writer, head = await ask(proxy, connect, "sb-b")
+    assert head.startswith(b"HTTP/1.1 200 ")
+    await asyncio.wait_for(proxy.unlisten("sb-a"), 5)
+    assert await asyncio.wait_for(a_reader.read(), 5) == b""
+    assert proxy.path("sb-a") is None and not (folder / "a.sock").exists()
+    b_writer.write(b"ECHO still here\n")
+    assert await asyncio.wait_for(b_reader.readline(), 5) == b"ECHO still here\n"
     await asyncio.wait_for(proxy.close(), 5)
-    assert await asyncio.wait_for(reader.read(), 5) == b""
-    assert not proxy.running
+    assert await asyncio.wait_for(b_reader.read(), 5) == b""
+    assert not (folder / "b.sock").exists()
+
+
+async def test_one_source_cannot_take_every_connection(upstream: Upstream, folder: Path) -> None:
+    proxy = EgressProxy([f"127.0.0.1:{upstream.port}"], max_connections=5, per_source=3)
+    for source in ("sb-a", "sb-b", "sb-c"):
+        await proxy.listen(source, folder / f"{source}.sock")
+    connect = b"CONNECT 127.0.0.1:%d HTTP/1.1\r\n\r\n" % upstream.port
+    held = []  # the open tunnels (a dropped writer would close its connection)
+    try:
+        held += [await ask(proxy, connect, "sb-a") for _ in range(5)]
+        assert [h.split()[1] for _, _, h in held] == [b"200", b"200", b"200", b"503", b"503"]
+        assert proxy.connections("sb-a") == 3
+        held += [await ask(proxy, connect, "sb-b") for _ in range(2)]
+        assert [h.split()[1] for _, _, h in held[5:]] == [b"200", b"200"]
+        # Five tunnels are open in all: the global cap answers 503 to everyone else.
+        assert (await ask(proxy, connect, "sb-c"))[2].split()[1] == b"503"
+    finally:
+        await asyncio.wait_for(proxy.close(), 5)
+
+
+async def test_socket_belongs_to_the_sandbox_user(folder: Path) -> None:
+    proxy = EgressProxy(["pypi.org"])
+    path = folder / "sb-a.sock"
+    path.write_text("stale")  # a crashed gateway's leftover is replaced
+    try:
+        await proxy.listen("sb-a", path, (1000, 1000))
+        info = path.stat()
+        assert stat.S_ISSOCK(info.st_mode)
+        if os.geteuid() == 0:
+            assert (info.st_uid, info.st_gid, stat.S_IMODE(info.st_mode)) == (1000, 1000, 0o600)
+        with pytest.raises(OSError):
+            await proxy.listen("sb-b", folder / ("x" * 120 + ".sock"))
+        # Docker made the path a directory (a bind source missing at a container's create).
+        (folder / "sb-c.sock").mkdir()
+        await proxy.listen("sb-c", folder / "sb-c.sock")
+        assert stat.S_ISSOCK((folder / "sb-c.sock").stat().st_mode)
+    finally:
+        await proxy.close()
 
 
 def test_limits_are_sane() -> None:
     assert egress.HEAD_LIMIT >= 8 * 1024 and egress.IDLE_TIMEOUT >= 60
+    assert 0 < egress.SOURCE_CONNECTIONS < egress.MAX_CONNECTIONS
+
+
+def test_socket_directory_settings(tmp_path: Path) -> None:
+    s = Settings.from_env({"PETRI_WORKSPACE_ROOT": "/srv/ws"})
+    assert s.egress_sockets == Path("/srv/ws/.egress") and s.egress_port == 3128
+    long_root = "/srv/" + "w" * 100
+    fallback = Settings.from_env({"PETRI_WORKSPACE_ROOT": long_root}).egress_sockets
+    assert fallback.name.startswith("petri-egress-") and len(str(fallback)) <= 82
+    assert Settings.from_env({"PETRI_EGRESS_SOCKET_DIR": "/run/p"}).egress_sockets == Path("/run/p")
+    for bad in ({"PETRI_EGRESS_SOCKET_DIR": "/" + "s" * 90}, {"PETRI_EGRESS_SOCKET_DIR": "rel"}):
+        with pytest.raises(SettingsError, match="PETRI_EGRESS_SOCKET_DIR"):
+            Settings.from_env(bad)
+    with pytest.raises(SettingsError, match="PETRI_EGRESS_PORT"):
+        Settings.from_env({"PETRI_EGRESS_PORT": "0"})

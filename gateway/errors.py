@@ -57,6 +57,12 @@ class RunnerError(PetriError):
     status, code = 502, "runner_error"
 
 
+class AppFailed(PetriError):
+    """Test mode: the app under test exited (`app_exited`) or never answered on its port
+    (`app_not_ready`). It ends an execution as its `error` event, never an HTTP answer."""
+
+    status, code = 422, "app_exited"
+
 class BadGateway(PetriError):
     """A sandbox's service did not answer (exited, not listening, broke the connection)."""
 

@@ -335,11 +335,15 @@ export class RunView {
 
   report(r) {
     const n = (v) => (Number.isFinite(v) ? v : 0);
+    // Null counts: the runner left nothing to parse (a compile error, a kill); say why.
+    const counts = Number.isFinite(r.passed)
+      ? `: ${n(r.passed)} passed, ${n(r.failed)} failed, ${n(r.skipped)} skipped, ${n(r.errors)} errors`
+      : `: no results (${String(r.message || "nothing to parse")})`;
     const summary = el("p", { class: "report-summary" },
       el("b", {}, String(r.runner || "tests")),
-      `: ${n(r.passed)} passed, ${n(r.failed)} failed, ${n(r.skipped)} skipped, ${n(r.errors)} errors`,
+      counts,
       Number.isFinite(r.duration_ms) ? ` in ${duration(r.duration_ms)}` : "");
-    summary.classList.add(n(r.failed) + n(r.errors) ? "bad" : "ok");
+    summary.classList.add(n(r.failed) + n(r.errors) || !Number.isFinite(r.passed) ? "bad" : "ok");
     const box = this.reportBox;
     box.replaceChildren(el("h3", {}, "Test report"), summary);
     box.hidden = false;

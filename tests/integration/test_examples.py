@@ -14,9 +14,12 @@ pytestmark = pytest.mark.docker
 
 
 @pytest.mark.parametrize("name", sorted(
-    p.name for p in (ROOT / "examples").iterdir() if p.suffix in (".sh", ".py")))
+    p.name for p in (ROOT / "examples").iterdir()
+    if p.suffix in (".sh", ".py") or (p / "run.py").is_file()))
 def test_example_runs(gateway: Gateway, name: str) -> None:
     path = ROOT / "examples" / name
+    if path.is_dir():  # a folder example: its run.py (with its default arguments)
+        path = path / "run.py"
     argv = [sys.executable, str(path)] if path.suffix == ".py" else ["bash", str(path)]
     env = {**os.environ, "PETRI_URL": gateway.url, "PYTHONPATH": str(ROOT)}
     done = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=180)
@@ -29,6 +32,12 @@ def test_example_runs(gateway: Gateway, name: str) -> None:
         assert "hello, petri" in done.stdout and "written by the program" in done.stdout
     if name.startswith("05"):
         assert '"timed_out":true' in done.stdout and '"signal":"SIGKILL"' in done.stdout
+    if name.startswith("06"):
+        assert "-- the app answers on port 5000" in done.stdout
+        assert "[app] listening on port 5000" in done.stdout
+        assert "-- report (pytest): 3 passed, 0 failed, 0 skipped, 0 errors" in done.stdout
+        assert "passed  tests.test_app :: test_add" in done.stdout
+        assert "-- exit 0, tests {'passed': 3, 'failed': 0, 'skipped': 0, " in done.stdout
     if name.startswith("07"):
         assert "status: ready" in done.stdout
         assert "<h1>Hello from a Petri sandbox</h1>" in done.stdout

@@ -195,6 +195,19 @@ def test_the_proxy_keeps_connections_alive_and_survives_the_app_closing_them(
     assert got == [200] * 8
 
 
+def test_an_answer_the_app_gives_before_reading_the_body_reaches_the_caller(
+    client: httpx.Client, new_sandbox: MakeSandbox, pc: httpx.Client
+) -> None:
+    service = start_ready(client, new_sandbox()["id"])
+    url = service["preview_url"]
+    for size in (1000, 8 * MB):
+        r = pc.post(url + "early", content=b"x" * size)
+        assert r.status_code in (413, 502), (size, r.status_code, r.text[:300])
+        if size == 1000:  # all of it was in before the app answered: its answer is relayed
+            assert r.status_code == 413 and r.json() == {"too": "large"}
+    assert pc.get(url + "peer").status_code == 200  # and the next request is fine
+
+
 def test_websocket_echo_through_the_preview(
     client: httpx.Client, new_sandbox: MakeSandbox
 ) -> None:

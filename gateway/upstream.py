@@ -30,6 +30,7 @@ Headers = list[tuple[bytes, bytes]]
 # long polls); the client's disconnect ends it. Connecting must be quick.
 CONNECT_TIMEOUT = 10.0
 KEEP_IDLE = 32  # idle connections kept per service
+MAX_CONNECTIONS = 256  # open at once per service; a request past them waits (CONNECT_TIMEOUT)
 WS_MAX_BYTES = 16 * 1024 * 1024  # uvicorn's own limit on the client side
 _STATUS_LINE = re.compile(rb"^HTTP/\d\.\d [1-5]\d\d")
 
@@ -45,6 +46,7 @@ class UpstreamResponse:
     _conn: Connection
     _done: Callable[[Connection], None]
     _finished: bool = False
+    _released: bool = False
 
     async def body(self) -> AsyncIterator[bytes]:
         """The body's bytes as they arrive, as sent (no decoding of any content-encoding)."""
@@ -58,6 +60,9 @@ class UpstreamResponse:
     async def aclose(self) -> None:
         """Back to the pool if the response was read to its end; else the connection closes
         (a service still streaming to a caller who left stops there)."""
+        if self._released:
+            return
+        self._released = True
         if not self._finished:
             self._conn.close()
         self._done(self._conn)
@@ -112,6 +117,7 @@ class Upstream:
         self._fd: int | None = None
         self._idle: list[Connection] = []
         self._busy: set[Connection] = set()
+        self._slots = asyncio.Semaphore(MAX_CONNECTIONS)
         self._closed = False
 
     def _path(self) -> str:
@@ -144,6 +150,7 @@ class Upstream:
             raise UpstreamError(f"the service did not answer: {exc or 'timeout'}") from None
 
     def _release(self, conn: Connection) -> None:
+        self._slots.release()
         self._busy.discard(conn)
         if conn.reusable and not self._closed and len(self._idle) < KEEP_IDLE:
             self._idle.append(conn)
@@ -158,6 +165,24 @@ class Upstream:
         body: AsyncIterable[bytes] | None,
     ) -> UpstreamResponse:
         """Send a request (its body streamed) and return once the response's head is in."""
+        try:
+            async with asyncio.timeout(CONNECT_TIMEOUT):
+                await self._slots.acquire()
+        except TimeoutError:
+            raise UpstreamError("the service has too many requests open") from None
+        try:
+            return await self._request(method, target, headers, body)
+        except BaseException:
+            self._slots.release()
+            raise
+
+    async def _request(
+        self,
+        method: str,
+        target: bytes,
+        headers: Headers,
+        body: AsyncIterable[bytes] | None,
+    ) -> UpstreamResponse:
         for attempt in (1, 2):
             conn = await self._connection()
             reused = conn.used

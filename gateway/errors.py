@@ -14,6 +14,10 @@ class PetriError(Exception):
         if code is not None:
             self.code = code
 
+    def headers(self) -> dict[str, str]:
+        """Headers the error response carries (`Retry-After`, `WWW-Authenticate`)."""
+        return {}
+
 
 class BadRequest(PetriError):
     status, code = 400, "bad_request"
@@ -55,3 +59,29 @@ class RunnerError(PetriError):
     """Docker answered, but not as needed (image missing, container gone, ...)."""
 
     status, code = 502, "runner_error"
+
+
+class Unauthorized(PetriError):
+    """No key, or one that is unknown, revoked or malformed (auth.py)."""
+
+    status, code = 401, "unauthorized"
+
+    def headers(self) -> dict[str, str]:
+        return {"WWW-Authenticate": 'Bearer realm="petri"'}
+
+
+class Forbidden(PetriError):
+    status, code = 403, "forbidden"
+
+
+class QuotaExceeded(OverLimit):
+    """A tenant's quota is used up; `Retry-After` says when to ask again."""
+
+    code = "quota_exceeded"
+
+    def __init__(self, message: str, *, retry_after: int) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+    def headers(self) -> dict[str, str]:
+        return {"Retry-After": str(self.retry_after)}

@@ -36,7 +36,7 @@ def ledger_gw(docker_ready: None) -> Iterator[tuple[Gateway, httpx.Client]]:
 def test_changes_and_finished_executions_are_recorded_with_metadata(
     ledger_gw: tuple[Gateway, httpx.Client],
 ) -> None:
-    gw, c = ledger_gw
+    _gw, c = ledger_gw
     sid = c.post("/v1/sandboxes", json={"language": "python"}).json()["id"]
     try:
         assert c.put(f"/v1/sandboxes/{sid}/files/data.txt", content=b"1").status_code == 201

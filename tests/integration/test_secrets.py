@@ -141,7 +141,7 @@ def test_values_are_masked_in_events_results_and_the_ledger(
 
 
 def test_install_output_is_masked(world: tuple[Gateway, httpx.Client, Server]) -> None:
-    gw, c, index = world
+    _gw, c, index = world
     sid = _sandbox(c, env={"PIP_INDEX_URL": f"{index.url}/simple", "PKG": {"secret": "pkg"}})
     try:
         # pip names the requirement it cannot find: the secret's value, here.

@@ -50,7 +50,8 @@ def world(docker_ready: None) -> Iterator[World]:
             sid = r.json()["id"]
             assert r.json()["tenant"] == "alpha"
             assert a.put(f"/v1/sandboxes/{sid}/files/keep.txt", content=b"mine").status_code == 201
-            assert a.put("/v1/secrets/alpha-db", json={"value": "alpha-only-value"}).status_code == 201
+            secret = a.put("/v1/secrets/alpha-db", json={"value": "alpha-only-value"})
+            assert secret.status_code == 201
             done = a.post(f"/v1/sandboxes/{sid}/exec", json={"command": "echo alpha"}).json()
             live = a.post(
                 f"/v1/sandboxes/{sid}/exec", json={"command": "sleep 300", "wait": False}
@@ -145,7 +146,8 @@ def test_lists_are_filtered_and_admins_see_all(world: World) -> None:
     assert world.sid not in ids(world.b)
     assert world.sid in ids(world.admin)
     assert world.b.get("/v1/secrets").json()["secrets"] == []
-    admin_names = {(s["tenant"], s["name"]) for s in world.admin.get("/v1/secrets").json()["secrets"]}
+    listed = world.admin.get("/v1/secrets").json()["secrets"]
+    admin_names = {(s["tenant"], s["name"]) for s in listed}
     assert ("alpha", "alpha-db") in admin_names
     # The ledger: beta sees none of alpha's records; alpha and the admin do.
     assert not [r for r in world.b.get("/v1/audit").json()["records"] if r["tenant"] == "alpha"]

@@ -288,6 +288,10 @@ class SandboxOut(_Doc):
     ttl_seconds: int
     limits: LimitsOut
     env: list[str] = Field(description="names of its environment variables (never the values)")
+    secret_env: dict[str, SecretRef] = Field(
+        description="environment variables taken from secrets: name -> `{secret}`"
+    )
+    tenant: str = Field(description="the tenant that owns it")
 
 
 class SandboxPage(_Doc):
@@ -387,6 +391,45 @@ class Packages(_Doc):
     manifest_hash: str | None
     plan: str | None = None
     installed_at: Stamp | None = None
+
+
+class SecretWritten(_Doc):
+    name: str
+    created: bool = Field(description="false when it replaced a value")
+
+
+class SecretOut(_Doc):
+    tenant: str
+    name: str
+    created_at: Stamp
+    updated_at: Stamp
+
+
+class SecretList(_Doc):
+    """Names only: no route returns a secret's value."""
+
+    secrets: list[SecretOut]
+
+
+class AuditRecord(_Doc):
+    """`hash = sha256(prev_hash + canonical JSON of the other fields)`; the first
+    `prev_hash` is 64 zeros, or a `ledger.checkpoint` leads where retention removed records."""
+
+    seq: int
+    at: str
+    tenant: str
+    key_id: str | None
+    action: str = Field(examples=["sandbox.create", "exec.start", "exec.finish", "secret.put"])
+    target: str
+    detail: dict[str, Any]
+    metadata: dict[str, Any] = Field(description="the `metadata` the exec was given")
+    prev_hash: str
+    hash: str
+
+
+class AuditPage(_Doc):
+    records: list[AuditRecord]
+    next: int | None = Field(description="pass as `after` for the next page; null on the last")
 
 
 class Health(_Doc):

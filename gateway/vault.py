@@ -248,21 +248,27 @@ class Masker:
         return value
 
     def stream(self, key: str, text: str) -> str:
-        """The part of `held + text` that is safe to send now, masked; the rest waits."""
-        text = self.text(self._held.pop(key, "") + text)
-        keep = self._partial(text)
-        if keep:
-            self._held[key] = text[-keep:]
-            return text[:-keep]
-        return text
+        """The part of `held + text` that is safe to send now, masked; the rest waits: an end
+        that may begin a form, and a whole form there that a longer one may extend (the
+        padded base64 of a value begins with its unpadded core)."""
+        text = self._held.pop(key, "") + text
+        start = len(text) - self._partial(text)
+        for match in self._pattern.finditer(text, max(0, start - 2 * len(self.forms[0]))):
+            if match.start() < start < match.end():
+                start = match.start()
+                break
+        if start < len(text):
+            self._held[key] = text[start:]
+        return self.text(text[:start])
 
     def flush(self, key: str) -> str:
-        """The stream ended: what was held. It is only the start of a form, never a whole
-        one; from `MIN_CHARS` characters on it is masked anyway."""
-        held = self._held.pop(key, "")
-        return MASK if len(held) >= MIN_CHARS else held
+        """The stream ended: what was held, masked; an end that is the start of a form is
+        masked too from `MIN_CHARS` characters on (most of a secret is still a secret)."""
+        text = self.text(self._held.pop(key, ""))
+        keep = self._partial(text)
+        return text[:-keep] + MASK if keep >= MIN_CHARS else text
 
-    def held(self) -> list[str]:
+    def held(self) -> list[str]:  # streams with text waiting
         return [k for k, v in self._held.items() if v]
 
     def _partial(self, text: str) -> int:

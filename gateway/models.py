@@ -307,6 +307,10 @@ class FileEntry(_Doc):
 
 class FileListing(_Doc):
     files: list[FileEntry]
+    truncated: bool = Field(
+        description="true when a bound (depth, entries, time) cut the listing short"
+    )
+    note: str | None = Field(default=None, description="what was left out, when truncated")
 
 
 class WrittenFile(_Doc):

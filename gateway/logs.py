@@ -20,6 +20,14 @@ from typing import Any
 from . import auth
 
 REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,64}")
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+PATH_CHARS = 512
+
+
+def printable(text: str) -> str:
+    """`text` for one log line: control characters (a decoded `%0A` in a path) escaped, so
+    a request can never forge a line of its own; long paths cut."""
+    return _CONTROL.sub(lambda m: f"\\x{ord(m.group()):02x}", text[:PATH_CHARS])
 _request_id: ContextVar[str | None] = ContextVar("petri_request_id", default=None)
 access = logging.getLogger("petri.access")
 
@@ -119,15 +127,16 @@ class RequestIds:
             else:
                 who = {}
             duration = round((time.monotonic() - started) * 1000, 1)
+            path = printable(scope["path"])
             access.info(
                 "%s %s %d %.1fms",
-                scope["method"],
-                scope["path"],
+                printable(scope["method"]),
+                path,
                 status,
                 duration,
                 extra={
-                    "method": scope["method"],
-                    "path": scope["path"],
+                    "method": printable(scope["method"]),
+                    "path": path,
                     "status": status,
                     "duration_ms": duration,
                     **who,

@@ -122,7 +122,16 @@ class RequestMetrics:
         finally:
             metrics = self.metrics(scope)
             if metrics is not None:
-                metrics.requests.labels(scope["method"], _route(scope), str(status)).inc()
+                metrics.requests.labels(_method(scope), _route(scope), str(status)).inc()
+
+
+METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
+
+
+def _method(scope: Scope) -> str:
+    """Any other method is `OTHER`: a client must not mint a series per made-up method."""
+    method = scope.get("method", "")
+    return method if method in METHODS else "OTHER"
 
 
 def _route(scope: Scope) -> str:

@@ -88,6 +88,8 @@ def test_metrics(docker_ready: None) -> None:
             assert r.status_code == 200
             c.post(f"/v1/sandboxes/{sid}/exec", json={"code": "print(2)"})  # an install check
             c.get("/v1/sandboxes/sb-0000000000000000")
+            for i in range(3):  # made-up methods share one series
+                c.request(f"MADEUP{i}", "/v1/sandboxes")
             after = c.get("/metrics").text
         finally:
             c.delete(f"/v1/sandboxes/{sid}")
@@ -101,6 +103,7 @@ def test_metrics(docker_ready: None) -> None:
         # Routes, not raw paths: an id never becomes a series of its own.
         assert 'route="/v1/sandboxes/{sid}",status="404"' in after
         assert "sb-0000000000000000" not in after
+        assert 'method="OTHER"' in after and "MADEUP" not in after
 
 
 def test_events_retention_and_a_ledger_that_verifies_across_its_own(docker_ready: None) -> None:

@@ -189,8 +189,8 @@ def test_no_key_bad_key_and_revoked_key_are_401(world: World) -> None:
                    "Bearer not-a-key"):
         r = world.anon.get("/v1/sandboxes", headers={"Authorization": header})
         assert r.status_code == 401, header
-    for path in ("/healthz", "/readyz"):  # probes stay open
-        assert world.anon.get(path).status_code == 200
+    for path in ("/healthz", "/readyz", "/"):  # probes and the dashboard page stay open
+        assert world.anon.get(path).status_code == 200, path
     key = new_key(world.gw, "gamma")
     with client(world.gw, key) as gamma:
         assert gamma.get("/v1/sandboxes").status_code == 200

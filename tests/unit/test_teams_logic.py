@@ -84,3 +84,12 @@ def test_base64_inside_a_longer_encoded_text() -> None:
         for suffix in (b"", b"!", b"!!", b" tail"):
             encoded = base64.b64encode(prefix + SECRET.encode() + suffix).decode()
             assert "***" in masker.text(encoded), (prefix, suffix)
+
+
+def test_a_request_path_cannot_forge_a_log_line() -> None:
+    from gateway.logs import printable
+
+    line = printable("/v1/sandboxes/x\nINFO petri.access [forged]: GET / 200\u2028\x1b[2J")
+    assert "\n" not in line and "\u2028" not in line and "\x1b" not in line
+    assert line.startswith("/v1/sandboxes/x\\x0aINFO")
+    assert len(printable("/" + "a" * 10000)) == 512

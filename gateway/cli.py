@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import logging
+import socket
 import sys
 from types import FrameType
 
@@ -98,6 +100,8 @@ def serve(host: str | None, port: int) -> int:
             return 2
         finally:
             registry.close()
+    if not settings.public_url:
+        settings = dataclasses.replace(settings, public_url=public_url(settings.host, port))
     # Streams end by their own terminal event on shutdown; sse-starlette must not cut them.
     AppStatus.disable_automatic_graceful_drain()  # type: ignore[no-untyped-call]
     config = uvicorn.Config(
@@ -110,9 +114,20 @@ def serve(host: str | None, port: int) -> int:
         timeout_graceful_shutdown=15,
         proxy_headers=False,
         http=_http_protocol(settings.header_timeout_seconds),
+        # A service's own `Server` header passes through its preview unchanged.
+        server_header=False,
     )
     _Server(config).run()
     return 0
+
+
+def public_url(host: str, port: int) -> str:
+    """Where clients reach `petri serve --host H --port P` (the default `PETRI_PUBLIC_URL`)."""
+    if host in ("0.0.0.0", "::", ""):
+        host = socket.getfqdn()
+    if ":" in host:
+        host = f"[{host}]"
+    return f"http://{host}:{port}"
 
 
 def images(names: list[str], force: bool) -> int:

@@ -85,3 +85,9 @@ class QuotaExceeded(OverLimit):
 
     def headers(self) -> dict[str, str]:
         return {"Retry-After": str(self.retry_after)}
+
+
+class BadGateway(PetriError):
+    """A sandbox's service did not answer (exited, not listening, broke the connection)."""
+
+    status, code = 502, "bad_gateway"

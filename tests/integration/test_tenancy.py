@@ -32,6 +32,7 @@ class World:
     done: str  # a finished execution of it
     live: str  # a running one
     live_url: str  # its 202 events_url (with its token)
+    svid: str  # a service of the sandbox (serve mode)
 
 
 @pytest.fixture(scope="module")
@@ -57,9 +58,12 @@ def world(docker_ready: None) -> Iterator[World]:
                 f"/v1/sandboxes/{sid}/exec", json={"command": "sleep 300", "wait": False}
             )
             assert live.status_code == 202, live.text
+            service = a.post(f"/v1/sandboxes/{sid}/services", json={
+                "command": "python3 -m http.server 8080", "port": 8080})
+            assert service.status_code == 201, service.text
             world = World(
                 gw, a, b, admin, anon, sid, done["execution_id"],
-                live.json()["execution_id"], live.json()["events_url"],
+                live.json()["execution_id"], live.json()["events_url"], service.json()["id"],
             )
             try:
                 yield world
@@ -93,6 +97,10 @@ CASES: list[tuple[str, str, dict[str, Any]]] = [
     ("GET", "/v1/sandboxes/{sid}/executions/{eid}/events", {}),
     ("POST", "/v1/sandboxes/{sid}/executions/{eid}/kill", {}),
     ("DELETE", "/v1/secrets/{name}", {}),
+    ("POST", "/v1/sandboxes/{sid}/services", {"json": {"command": "sleep 60", "port": 9000}}),
+    ("GET", "/v1/sandboxes/{sid}/services", {}),
+    ("GET", "/v1/sandboxes/{sid}/services/{svid}", {}),
+    ("DELETE", "/v1/sandboxes/{sid}/services/{svid}", {}),
 ]
 
 
@@ -113,13 +121,13 @@ def test_another_tenant_gets_404_and_changes_nothing(
     world: World, method: str, route: str, kw: dict[str, Any]
 ) -> None:
     eid = world.live if route.endswith("/kill") else world.done
-    url = route.format(sid=world.sid, eid=eid, path="keep.txt", name="alpha-db")
+    url = route.format(sid=world.sid, eid=eid, path="keep.txt", name="alpha-db", svid=world.svid)
     r = world.b.request(method, url, **kw)
     assert r.status_code == 404, (url, r.status_code, r.text)
     assert r.json()["error"]["code"].endswith("not_found"), r.text
     # Same answer as for an id that never existed: nothing tells them apart.
     ghost = route.format(sid="sb-0000000000000000", eid="ex-0000000000000000", path="keep.txt",
-                         name="no-such-secret")
+                         name="no-such-secret", svid="sv-0000000000000000")
     if "{sid}" in route:
         assert world.b.request(method, ghost, **kw).status_code == 404
     # The owner still finds everything as it was.
@@ -130,6 +138,9 @@ def test_another_tenant_gets_404_and_changes_nothing(
     assert "planted.txt" not in names and "planted" not in names
     assert a.get(f"/v1/sandboxes/{world.sid}/executions/{world.live}").json()["status"] == "running"
     assert [s["name"] for s in a.get("/v1/secrets").json()["secrets"]] == ["alpha-db"]
+    services = a.get(f"/v1/sandboxes/{world.sid}/services").json()["services"]
+    assert [s["id"] for s in services] == [world.svid]
+    assert services[0]["status"] in ("starting", "ready"), services
 
 
 def test_the_owner_and_an_admin_reach_the_same_routes(world: World) -> None:

@@ -41,9 +41,9 @@ TOKEN = re.compile(
     r"([0-9]{1,12})\.([0-9a-f]{12}|-)\.([a-z0-9][a-z0-9_-]{0,62})\.([au])\.([A-Za-z0-9_-]{43})"
 )
 EVENTS_PATH = re.compile(r"/v1/sandboxes/[^/]+/executions/([^/]+)/events")
-# Reachable without a key: probes, the dashboard's static files (the page asks for a key
-# itself), and preview URLs (their token is the capability; the handler checks it, and acts
-# as `SYSTEM` once it has).
+# Reachable without a key: probes and the dashboard's static files (the page asks for a key
+# itself). Preview URLs never reach the gate: `preview.PreviewRouter`, outermost, serves them
+# (their token is the capability); the prefix is listed for a gateway without that router.
 PUBLIC_PATHS = frozenset({"/healthz", "/readyz", "/", "/favicon.ico"})
 PUBLIC_PREFIXES = ("/dashboard/", "/preview/")
 SCHEMA = """

@@ -1,8 +1,9 @@
 """The gateway's own logs: plain text, or (`PETRI_LOG_FORMAT=json`) one JSON object a line,
 each carrying the id of the request it belongs to. That id is returned as `X-Request-Id`
 (a caller's own id is kept when it is short and plain), so one failed call can be found in
-the logs. An access line per request replaces uvicorn's (which would log query strings,
-and with them the events tokens); paths are logged without their query."""
+the logs. An access line per request replaces uvicorn's: capabilities in a request target
+(an events `?token=`, a `/preview/{token}` path) are logged as `…`, control characters
+escaped."""
 
 from __future__ import annotations
 
@@ -20,8 +21,18 @@ from typing import Any
 from . import auth
 
 REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,64}")
+_PREVIEW_TOKEN = re.compile(r"^/preview/[^/?\s\"]+")
+_QUERY_TOKEN = re.compile(r"(^|&)(token=)[^&]*")
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
 PATH_CHARS = 512
+
+
+def target(path: str, query: bytes) -> str:
+    """The request target for a log line, its capabilities left out."""
+    shown = _PREVIEW_TOKEN.sub("/preview/…", path)
+    if query:
+        shown += "?" + _QUERY_TOKEN.sub(r"\1\2…", query.decode("latin-1"))
+    return printable(shown)
 
 
 def printable(text: str) -> str:
@@ -97,6 +108,9 @@ ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 
 class RequestIds:
+    """Gives each request an id (its `X-Request-Id`) and writes its access line when the
+    response starts (as uvicorn does: a log reader never waits for a long stream to end)."""
+
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
 
@@ -108,38 +122,41 @@ class RequestIds:
         rid = given if REQUEST_ID.fullmatch(given) else secrets.token_hex(8)
         token = _request_id.set(rid)
         started = time.monotonic()
-        status = 0
+        logged = False
 
         async def stamp(message: Message) -> None:
-            nonlocal status
+            nonlocal logged
             if message["type"] == "http.response.start":
-                status = int(message["status"])
-                headers = [h for h in message.get("headers", []) if h[0].lower() != b"x-request-id"]
-                message["headers"] = [*headers, (b"x-request-id", rid.encode())]
+                headers = list(message.get("headers", []))
+                if not any(h[0].lower() == b"x-request-id" for h in headers):  # a preview app's
+                    message["headers"] = [*headers, (b"x-request-id", rid.encode())]
+                logged = True
+                _access(scope, int(message["status"]), started)
             await send(message)
 
         try:
             await self.app(scope, receive, stamp)
         finally:
-            principal = scope.get("state", {}).get("principal")
-            if isinstance(principal, auth.Principal):
-                who = {"tenant": principal.tenant, "key_id": principal.key_id}
-            else:
-                who = {}
-            duration = round((time.monotonic() - started) * 1000, 1)
-            path = printable(scope["path"])
-            access.info(
-                "%s %s %d %.1fms",
-                printable(scope["method"]),
-                path,
-                status,
-                duration,
-                extra={
-                    "method": printable(scope["method"]),
-                    "path": path,
-                    "status": status,
-                    "duration_ms": duration,
-                    **who,
-                },
-            )
+            if not logged:  # no response at all (the client left, or the app failed)
+                _access(scope, 0, started)
             _request_id.reset(token)
+
+
+def _access(scope: Scope, status: int, started: float) -> None:
+    principal = scope.get("state", {}).get("principal")
+    who = (
+        {"tenant": principal.tenant, "key_id": principal.key_id}
+        if isinstance(principal, auth.Principal)
+        else {}
+    )
+    duration = round((time.monotonic() - started) * 1000, 1)
+    method = printable(scope["method"])
+    path = target(scope["path"], scope.get("query_string", b""))
+    access.info(
+        "%s %s %d %.1fms",
+        method,
+        path,
+        status,
+        duration,
+        extra={"method": method, "path": path, "status": status, "duration_ms": duration, **who},
+    )

@@ -667,13 +667,12 @@ def create_app(settings: Settings | None = None) -> Starlette:
     app.add_middleware(
         RequestMetrics, metrics=lambda scope: getattr(_state(scope, "teams"), "metrics", None)
     )
-    app.add_middleware(RequestIds)
-    # Outermost: preview traffic (`/preview/…`, `{token}.{PETRI_PREVIEW_DOMAIN}`) goes to its
-    # service with no body limit and no CORS of the API's (nor a key: its token is the
-    # capability; nor the API's request ids, access lines or metrics).
+    # Preview traffic (`/preview/…`, `{token}.{PETRI_PREVIEW_DOMAIN}`) goes to its service
+    # with no body limit, no CORS of the API's and no key (its token is the capability).
     app.add_middleware(
         PreviewRouter, services=lambda: app.state.services, domain=settings.preview_domain
     )
+    app.add_middleware(RequestIds)  # outermost: every request has an id and an access line
     for name in ("uvicorn.access", "uvicorn.error"):
         if not any(isinstance(f, RedactTokens) for f in logging.getLogger(name).filters):
             logging.getLogger(name).addFilter(RedactTokens())

@@ -93,3 +93,11 @@ def test_a_request_path_cannot_forge_a_log_line() -> None:
     assert "\n" not in line and "\u2028" not in line and "\x1b" not in line
     assert line.startswith("/v1/sandboxes/x\\x0aINFO")
     assert len(printable("/" + "a" * 10000)) == 512
+
+
+def test_capabilities_never_reach_an_access_line() -> None:
+    from gateway.logs import target
+
+    line = target("/v1/sandboxes/sb-1/executions/ex-1/events", b"after=3&token=123.abc.x&b=1")
+    assert line == "/v1/sandboxes/sb-1/executions/ex-1/events?after=3&token=…&b=1"
+    assert target("/preview/SeCrEtToKeN/app", b"q=1") == "/preview/…/app?q=1"

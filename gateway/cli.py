@@ -15,9 +15,13 @@ import uvicorn
 from sse_starlette.sse import AppStatus
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
+from . import admin, logs
+from .auth import is_loopback
 from .config import Settings, SettingsError
 from .images import ImageBuildError, build_images
+from .registry import Registry
 from .runtimes import load_runtimes
+from .teams import Teams
 
 
 class _Server(uvicorn.Server):
@@ -78,23 +82,35 @@ def _http_protocol(header_timeout: float) -> type[HeadTimeoutProtocol]:
     return type("PetriHTTPProtocol", (HeadTimeoutProtocol,), {"header_timeout": header_timeout})
 
 
-def serve(host: str, port: int) -> int:
+def serve(host: str | None, port: int) -> int:
     from .routes import create_app
 
     try:
-        settings = Settings.from_env()
+        settings = Settings.from_env(None, host=host) if host else Settings.from_env()
     except SettingsError as exc:
         print(f"petri: bad configuration: {exc}", file=sys.stderr)
         return 2
+    logs.configure(settings.log_format, settings.log_level)
+    if not is_loopback(settings.host):  # refuse before binding (the app checks again)
+        registry = Registry(settings.data_dir)
+        try:
+            Teams.open(settings, registry).check_exposure()
+        except SettingsError as exc:
+            print(f"petri: {exc}", file=sys.stderr)
+            return 2
+        finally:
+            registry.close()
     if not settings.public_url:
-        settings = dataclasses.replace(settings, public_url=public_url(host, port))
+        settings = dataclasses.replace(settings, public_url=public_url(settings.host, port))
     # Streams end by their own terminal event on shutdown; sse-starlette must not cut them.
     AppStatus.disable_automatic_graceful_drain()  # type: ignore[no-untyped-call]
     config = uvicorn.Config(
         create_app(settings),
-        host=host,
+        host=settings.host,
         port=port,
         log_level=settings.log_level,
+        log_config=logs.uvicorn_log_config(),
+        access_log=False,  # logs.RequestIds writes one line per request, without query strings
         timeout_graceful_shutdown=15,
         proxy_headers=False,
         http=_http_protocol(settings.header_timeout_seconds),
@@ -136,17 +152,20 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="petri", description="Petri execution gateway")
     sub = parser.add_subparsers(dest="command", required=True)
     p_serve = sub.add_parser("serve", help="run the gateway")
-    p_serve.add_argument("--host", default="127.0.0.1")
+    p_serve.add_argument("--host", default=None, help="default PETRI_HOST, else 127.0.0.1")
     p_serve.add_argument("--port", type=int, default=8000)
     p_images = sub.add_parser("images", help="runtime images")
     p_images_sub = p_images.add_subparsers(dest="action", required=True)
     p_build = p_images_sub.add_parser("build", help="build runtime images (unchanged: skipped)")
     p_build.add_argument("langs", nargs="*")
     p_build.add_argument("--force", action="store_true")
+    admin.add_parsers(sub)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     if args.command == "serve":
         return serve(args.host, args.port)
+    if args.command in ("keys", "audit"):
+        return admin.run(args)
     return images(args.langs, args.force)
 
 

@@ -167,6 +167,44 @@ class Settings:
         default="", metadata=_meta("comma-separated origins browsers may call from; `*` for any")
     )
     log_level: str = field(default="info", metadata=_meta("uvicorn log level"))
+    log_format: str = field(
+        default="text",
+        metadata=_meta("`text`, or `json`: one JSON object a line, with the request id"),
+    )
+    # --- teams (DESIGN §11) ---
+    host: str = field(
+        default="127.0.0.1",
+        metadata=_meta(
+            "address `petri serve` binds (`--host` wins); any but loopback needs an API key"
+        ),
+    )
+    events_token_seconds: int = field(
+        default=900,
+        metadata=_meta("life of the read-only `?token=` in a 202's `events_url`"),
+    )
+    tenant_max_sandboxes: int = field(
+        default=0, metadata=_meta("live sandboxes per tenant; more is 429 (0: no quota)")
+    )
+    tenant_max_running: int = field(
+        default=0, metadata=_meta("running executions per tenant; more is 429 (0: no quota)")
+    )
+    secrets_key_file: str = field(
+        default="",
+        metadata=_meta("AES key of stored secrets, made 0600 at first start; empty: "
+                       "`<data dir>/secrets.key`"),
+    )
+    events_retention_hours: float = field(
+        default=168.0,
+        metadata=_meta("events of finished executions are kept this long (0: for ever)"),
+    )
+    events_max_mb: float = field(
+        default=1024.0,
+        metadata=_meta("events of finished executions kept, at most; oldest go first (0: no cap)"),
+    )
+    audit_retention_days: float = field(
+        default=400.0,
+        metadata=_meta("audit records are kept this long, then checkpointed (0: for ever)"),
+    )
     public_url: str = field(
         default="",
         metadata=_meta("base of preview URLs; empty: `http://{host}:{port}` of `petri serve`"),
@@ -218,6 +256,7 @@ class Settings:
             "output_budget_bytes",
             "max_body_bytes",
             "install_timeout_seconds",
+            "events_token_seconds",
             "preview_ttl_seconds",
         )
         for name in positive:
@@ -250,6 +289,10 @@ class Settings:
                 f"PETRI_EGRESS_SOCKET_DIR {str(sockets)!r} must be an absolute path of at most "
                 f"{SOCKET_DIR_MAX} bytes (a Unix socket path holds 107); set a shorter one"
             )
+        if self.log_format not in ("text", "json"):
+            raise SettingsError("PETRI_LOG_FORMAT must be `text` or `json`")
+        if not self.host:
+            raise SettingsError("PETRI_HOST must name an address, e.g. 127.0.0.1")
         if self.ca_bundle and not Path(self.ca_bundle).is_file():
             raise SettingsError(f"PETRI_CA_BUNDLE {self.ca_bundle!r} is not a file")
         if self.public_url and not _PUBLIC_URL.match(self.public_url):

@@ -14,6 +14,10 @@ class PetriError(Exception):
         if code is not None:
             self.code = code
 
+    def headers(self) -> dict[str, str]:
+        """Headers the error response carries (`Retry-After`, `WWW-Authenticate`)."""
+        return {}
+
 
 class BadRequest(PetriError):
     status, code = 400, "bad_request"
@@ -62,6 +66,33 @@ class AppFailed(PetriError):
     (`app_not_ready`). It ends an execution as its `error` event, never an HTTP answer."""
 
     status, code = 422, "app_exited"
+
+
+class Unauthorized(PetriError):
+    """No key, or one that is unknown, revoked or malformed (auth.py)."""
+
+    status, code = 401, "unauthorized"
+
+    def headers(self) -> dict[str, str]:
+        return {"WWW-Authenticate": 'Bearer realm="petri"'}
+
+
+class Forbidden(PetriError):
+    status, code = 403, "forbidden"
+
+
+class QuotaExceeded(OverLimit):
+    """A tenant's quota is used up; `Retry-After` says when to ask again."""
+
+    code = "quota_exceeded"
+
+    def __init__(self, message: str, *, retry_after: int) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+    def headers(self) -> dict[str, str]:
+        return {"Retry-After": str(self.retry_after)}
+
 
 class BadGateway(PetriError):
     """A sandbox's service did not answer (exited, not listening, broke the connection)."""

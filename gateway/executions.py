@@ -24,6 +24,7 @@ from typing import Any
 from . import events as ev
 from .events import Event
 from .registry import Registry
+from .vault import Masker
 
 log = logging.getLogger("petri.executions")
 FLUSH_SECONDS = 0.02
@@ -38,6 +39,7 @@ REPLAY_BATCH = 64
 # otherwise take turns of whole pages while every other request waits.
 TURN_EVENTS = 8
 COALESCE_CHARS = 64 * 1024
+STREAMED_VIA_EMIT = frozenset({ev.INSTALL, "app"})  # chunked text that arrives through `emit`
 
 
 def _utf8_len(text: str) -> int:
@@ -154,12 +156,24 @@ class ExecutionLog:
         # app never truncates the test runner's output (made on first use).
         self._app: tuple[OutputBudget, dict[str, codecs.IncrementalDecoder]] | None = None
         self._budget_bytes, self._tail_bytes = budget, tail_bytes
+        # Secrets of this run (vault.py): masked in every event before it is stored or sent.
+        self.masker: Masker | None = None
+        self._started = time.monotonic()
+        self.first_output: float | None = None  # seconds from creation to the first output
 
     # --- writing -----------------------------------------------------------------------------
 
     def emit(self, type_: str, data: dict[str, Any]) -> Event:
         if self.terminal is not None:
             raise RuntimeError(f"execution {self.execution_id} already ended")
+        if self.masker is not None:
+            masked = self._mask(type_, data)
+            if masked is None:  # all of it held back: it may begin a secret
+                return Event(0, type_, data)
+            data = masked
+        return self._append(type_, data)
+
+    def _append(self, type_: str, data: dict[str, Any]) -> Event:
         event = Event(self.next_id, type_, data)
         self.next_id += 1
         size = _size(event)
@@ -189,10 +203,39 @@ class ExecutionLog:
             self.done.set()
         return event
 
+    def _mask(self, type_: str, data: dict[str, Any]) -> dict[str, Any] | None:
+        """`data` with the run's secrets masked. Text streamed in chunks through `emit`
+        (`install`; `app`, keyed by its stream) keeps the end that may begin a secret for the
+        next chunk; any other event first sends what such streams hold."""
+        masker = self.masker
+        assert masker is not None
+        text = data.get("text")
+        if type_ in STREAMED_VIA_EMIT and isinstance(text, str):
+            key = f"{type_}:{data.get('stream', '')}"
+            text = masker.stream(key, text)
+            return {**masker.value(data), "text": text} if text else None
+        if type_ not in ev.OUTPUT:  # a milestone: what streams hold comes first
+            for key in masker.held():
+                kind, _, stream = key.partition(":")
+                rest = masker.flush(key)
+                if not rest:
+                    continue
+                if kind in STREAMED_VIA_EMIT:
+                    data_ = {"stream": stream, "text": rest} if stream else {"text": rest}
+                    self._append(kind, data_)
+                elif kind in ev.OUTPUT:  # a run that ended before `close_output`
+                    self._output_text(kind, rest)
+        return dict(masker.value(data))
+
     def output(self, kind: str, raw: bytes) -> None:
         """Decode a chunk incrementally (UTF-8, invalid bytes replaced) and emit what the
-        output budget admits; past it, one `truncated` event and a rolling tail."""
+        output budget admits; past it, one `truncated` event and a rolling tail. With
+        secrets, masked first (a chunk's end that may begin one waits for the next)."""
         text = self._decoders[kind].decode(raw)
+        if self.masker is not None:
+            text = self.masker.stream(kind, text)
+        if text and self.first_output is None:
+            self.first_output = time.monotonic() - self._started
         self._output_text(kind, text)
 
     def _output_text(self, kind: str, text: str) -> None:
@@ -233,7 +276,10 @@ class ExecutionLog:
     def close_output(self) -> None:
         """End of program output: flush the decoders, then the kept tail."""
         for kind, decoder in self._decoders.items():
-            self._output_text(kind, decoder.decode(b"", final=True))
+            text = decoder.decode(b"", final=True)
+            if self.masker is not None:
+                text = self.masker.stream(kind, text) + self.masker.flush(kind)
+            self._output_text(kind, text)
         for kind, text in self.budget.tail():
             self.emit(kind, {"text": text})
 
@@ -255,7 +301,9 @@ class ExecutionLog:
         budget = self._app[0]
         was_truncated = budget.truncated
         admitted = budget.admit(stream, text)
-        if admitted and not self._coalesce(ev.APP, admitted, stream):
+        # With secrets, every chunk goes through `emit`, which masks (coalescing would not).
+        masked = self.masker is not None
+        if admitted and (masked or not self._coalesce(ev.APP, admitted, stream)):
             self.emit(ev.APP, {"stream": stream, "text": admitted})
         if budget.truncated and not was_truncated:
             self.emit(

@@ -56,6 +56,9 @@ class Sandbox:
     limits: Limits
     env: dict[str, str] = field(default_factory=dict)
     container_id: str = ""
+    tenant: str = "default"  # who owns it (auth.py): other tenants get 404
+    # environment variable -> name of a secret of its tenant (vault.py), resolved per exec
+    secret_env: dict[str, str] = field(default_factory=dict)
 
     @property
     def expires_at(self) -> float:
@@ -71,7 +74,9 @@ class Sandbox:
             "expires_at": iso(self.expires_at),
             "ttl_seconds": self.ttl_seconds,
             "limits": asdict(self.limits),
-            "env": sorted(self.env),
+            "env": sorted({*self.env, *self.secret_env}),
+            "secret_env": {k: {"secret": v} for k, v in sorted(self.secret_env.items())},
+            "tenant": self.tenant,
         }
 
 
@@ -128,8 +133,27 @@ class _Body(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True)
 
 
-EnvMap = dict[str, str]
+class SecretRef(_Body):
+    """An environment value taken from a stored secret of the sandbox's tenant (§11)."""
+
+    secret: str = Field(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9_.-]+$")
+
+
+EnvMap = dict[str, str | SecretRef]
+MetaValue = str | int | float | bool | None
 M = TypeVar("M", bound=BaseModel)
+
+
+def split_env(env: EnvMap | None) -> tuple[dict[str, str], dict[str, str]]:
+    """(plain values, env name -> secret name)."""
+    plain: dict[str, str] = {}
+    refs: dict[str, str] = {}
+    for key, value in (env or {}).items():
+        if isinstance(value, SecretRef):
+            refs[key] = value.secret
+        else:
+            plain[key] = value
+    return plain, refs
 
 
 def _check_env(env: EnvMap | None) -> EnvMap | None:
@@ -140,6 +164,8 @@ def _check_env(env: EnvMap | None) -> EnvMap | None:
     for key, value in env.items():
         if not ENV_NAME.match(key):
             raise ValueError(f"{key[:40]!r} is not a valid environment variable name")
+        if isinstance(value, SecretRef):
+            continue
         if "\x00" in value or len(value) > 32768:
             raise ValueError(f"value of {key} holds a NUL byte or is longer than 32768")
         if any(0xD800 <= ord(c) <= 0xDFFF for c in value):
@@ -208,8 +234,28 @@ class ExecBody(_Body):
     env: EnvMap | None = None
     stdin: str | None = Field(default=None, max_length=16 * 1024 * 1024)
     wait: bool = True
+    # Who ran what, with which prompt: recorded with the run in the audit ledger (§11).
+    metadata: dict[str, MetaValue] | None = Field(
+        default=None, examples=[{"prompt_id": "p-123", "model": "some-model", "agent_run": "r-9"}]
+    )
 
     _env = field_validator("env")(_check_env)
+
+    @field_validator("metadata")
+    @classmethod
+    def _small_metadata(cls, value: dict[str, MetaValue] | None) -> dict[str, MetaValue] | None:
+        if value is None:
+            return None
+        if len(value) > 32:
+            raise ValueError("at most 32 keys")
+        for key, item in value.items():
+            if not 0 < len(key) <= 64:
+                raise ValueError("keys hold 1 to 64 characters")
+            if isinstance(item, str) and len(item) > 1024:
+                raise ValueError(f"{key[:64]}: at most 1024 characters")
+            if isinstance(item, float) and item != item:
+                raise ValueError(f"{key[:64]}: not a number")
+        return value
 
     @field_validator("command", "code", "filename", "stdin")
     @classmethod
@@ -275,6 +321,10 @@ class SandboxOut(_Doc):
     ttl_seconds: int
     limits: LimitsOut
     env: list[str] = Field(description="names of its environment variables (never the values)")
+    secret_env: dict[str, SecretRef] = Field(
+        description="environment variables taken from secrets: name -> `{secret}`"
+    )
+    tenant: str = Field(description="the tenant that owns it")
 
 
 class SandboxPage(_Doc):
@@ -422,6 +472,45 @@ class Packages(_Doc):
     manifest_hash: str | None
     plan: str | None = None
     installed_at: Stamp | None = None
+
+
+class SecretWritten(_Doc):
+    name: str
+    created: bool = Field(description="false when it replaced a value")
+
+
+class SecretOut(_Doc):
+    tenant: str
+    name: str
+    created_at: Stamp
+    updated_at: Stamp
+
+
+class SecretList(_Doc):
+    """Names only: no route returns a secret's value."""
+
+    secrets: list[SecretOut]
+
+
+class AuditRecord(_Doc):
+    """`hash = sha256(prev_hash + canonical JSON of the other fields)`; the first
+    `prev_hash` is 64 zeros, or a `ledger.checkpoint` leads where retention removed records."""
+
+    seq: int
+    at: str
+    tenant: str
+    key_id: str | None
+    action: str = Field(examples=["sandbox.create", "exec.start", "exec.finish", "secret.put"])
+    target: str
+    detail: dict[str, Any]
+    metadata: dict[str, Any] = Field(description="the `metadata` the exec was given")
+    prev_hash: str
+    hash: str
+
+
+class AuditPage(_Doc):
+    records: list[AuditRecord]
+    next: int | None = Field(description="pass as `after` for the next page; null on the last")
 
 
 class Health(_Doc):

@@ -11,6 +11,7 @@ from pydantic import BaseModel
 from .models import (
     EVENT_DATA,
     Accepted,
+    AuditPage,
     CreateSandbox,
     Error,
     ExecBody,
@@ -24,6 +25,8 @@ from .models import (
     Ready,
     SandboxOut,
     SandboxPage,
+    SecretList,
+    SecretWritten,
     ServiceBody,
     ServiceList,
     ServiceOut,
@@ -49,6 +52,9 @@ MODELS: tuple[type[BaseModel], ...] = (
     Packages,
     Health,
     Ready,
+    SecretWritten,
+    SecretList,
+    AuditPage,
     ServiceBody,
     ServiceOut,
     ServiceList,
@@ -57,6 +63,8 @@ MODELS: tuple[type[BaseModel], ...] = (
 MAX_ID = 2**63 - 1  # event ids and other counters are SQLite integers
 REASONS = {
     400: "bad input (malformed JSON, a bad query parameter, header or path)",
+    401: "no API key, or an unknown or revoked one (`Authorization: Bearer <key>`)",
+    403: "an admin key is needed",
     404: "no such sandbox, execution, file or route",
     409: "conflict (e.g. the execution is not running)",
     413: "the body, file or zip is too large, or the workspace quota is full",
@@ -469,6 +477,128 @@ def document() -> dict[str, Any]:
             "as Server-Sent Events. Errors are `{\"error\": {\"code\", \"message\"}}`. "
             + PREVIEW,
         },
-        "paths": paths,
-        "components": {"schemas": schemas},
+        "paths": _public({**paths, **_teams_paths()}),
+        "components": {
+            "schemas": schemas,
+            "securitySchemes": {
+                "bearer": {
+                    "type": "http",
+                    "scheme": "bearer",
+                    "description": "`petri keys create --tenant NAME`; not needed on a "
+                    "loopback bind while no key exists",
+                }
+            },
+        },
+        "security": [{"bearer": []}],
+    }
+
+
+def _public(paths: dict[str, Any]) -> dict[str, Any]:
+    """Probes need no key (auth.PUBLIC_PATHS)."""
+    for path in ("/healthz", "/readyz"):
+        for op in paths[path].values():
+            op["security"] = []
+    return paths
+
+
+NAME = _path("name", "a secret's name (A-Z, a-z, 0-9, `_`, `.`, `-`)")
+AFTER_SEQ = {
+    "name": "after",
+    "in": "query",
+    "description": "records after this seq (ASCII digits)",
+    "schema": AFTER_ID,
+}
+AUDIT_STREAM = """Server-Sent Events: one `audit` event per ledger record (`id:` its seq, \
+`data:` the record as `AuditRecord`), the existing ones after `Last-Event-ID` (or `?after=`) \
+first, then each new one as it is appended. Keep-alive comment lines while nothing happens."""
+
+
+def _teams_paths() -> dict[str, Any]:
+    """Secrets, the audit ledger, metrics (DESIGN §11)."""
+    return {
+        "/v1/secrets": {
+            "get": {
+                "summary": "names of the tenant's secrets (every tenant's for an admin key)",
+                "responses": _responses({"200": _ok("the names", SecretList)}, 401),
+            }
+        },
+        "/v1/secrets/{name}": {
+            "parameters": [NAME],
+            "put": {
+                "summary": "store a secret (encrypted at rest; never returned)",
+                "requestBody": {
+                    "required": True,
+                    "content": {
+                        "application/json": {
+                            "schema": {
+                                "type": "object",
+                                "properties": {
+                                    "value": {"type": "string", "minLength": 4, "maxLength": 8192}
+                                },
+                                "required": ["value"],
+                                "additionalProperties": False,
+                            }
+                        }
+                    },
+                },
+                "responses": _responses(
+                    {"201": _ok("stored", SecretWritten), "200": _ok("replaced", SecretWritten)},
+                    400, 401, 415, 422,
+                ),
+            },
+            "delete": {
+                "summary": "delete a secret",
+                "responses": _responses({"204": _ok("deleted")}, 401, 404),
+            },
+        },
+        "/v1/audit": {
+            "get": {
+                "summary": "the hash-chained audit ledger, paged (the tenant's records; all for "
+                "an admin key)",
+                "parameters": [AFTER_SEQ, _limit(100, 1000)],
+                "responses": _responses({"200": _ok("a page of records", AuditPage)}, 400, 401),
+            }
+        },
+        "/v1/audit/events": {
+            "get": {
+                "summary": "SSE: the ledger's records after `Last-Event-ID` (or `?after=`), "
+                "then live",
+                "parameters": [
+                    AFTER_SEQ,
+                    {
+                        "name": "Last-Event-ID",
+                        "in": "header",
+                        "description": "as `after`; wins over it",
+                        "schema": AFTER_ID,
+                    },
+                ],
+                "responses": _responses(
+                    {
+                        "200": {
+                            "description": "the records",
+                            "content": {
+                                "text/event-stream": {
+                                    "schema": {"type": "string", "description": AUDIT_STREAM}
+                                }
+                            },
+                        }
+                    },
+                    400, 401,
+                ),
+            }
+        },
+        "/metrics": {
+            "get": {
+                "summary": "Prometheus metrics (admin keys)",
+                "responses": _responses(
+                    {
+                        "200": {
+                            "description": "the Prometheus text format",
+                            "content": {"text/plain": {"schema": {"type": "string"}}},
+                        }
+                    },
+                    401, 403,
+                ),
+            }
+        },
     }

@@ -14,7 +14,7 @@ import os
 import secrets
 import sqlite3
 import threading
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict
 from pathlib import Path
@@ -35,7 +35,9 @@ CREATE TABLE IF NOT EXISTS sandboxes (
     ttl_seconds INTEGER NOT NULL,
     limits TEXT NOT NULL,
     env TEXT NOT NULL,
-    container_id TEXT NOT NULL DEFAULT ''
+    container_id TEXT NOT NULL DEFAULT '',
+    tenant TEXT NOT NULL DEFAULT 'default',
+    secret_env TEXT NOT NULL DEFAULT '{}'
 );
 CREATE TABLE IF NOT EXISTS executions (
     id TEXT PRIMARY KEY,
@@ -86,6 +88,10 @@ CREATE TABLE IF NOT EXISTS kv (
 ) WITHOUT ROWID;
 """
 
+_SANDBOX_COLUMNS = (
+    "id, language, status, created_at, last_active_at, ttl_seconds, limits, env, container_id, "
+    "tenant, secret_env"
+)
 _EXEC_COLUMNS = (
     "id, sandbox_id, status, argv, created_at, ended_at, exit_code, timed_out, truncated, "
     "oom_killed, test, idempotency_key, error_code"
@@ -158,6 +164,7 @@ class Registry:
         self._db.execute("PRAGMA busy_timeout=5000")
         self._db.execute("PRAGMA wal_autocheckpoint=0")  # `_Checkpointer` does it
         self._db.execute(f"PRAGMA journal_size_limit={64 * 1024 * 1024}")
+        self._migrate()
         self._db.executescript(SCHEMA)
         self._checkpointer = _Checkpointer(self.path)
         self._checkpointer.start()
@@ -169,6 +176,44 @@ class Registry:
         self._reader_lock = threading.Lock()
         # The thread replay pages are read in: one, of its own (no other work can hold it up).
         self.reads = ThreadPoolExecutor(max_workers=1, thread_name_prefix="petri-replay")
+
+    def _migrate(self) -> None:
+        """Columns added since a data dir was made: its tables get them before use."""
+        listed = self._db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")
+        tables = {r[0] for r in listed}
+        if "sandboxes" in tables:
+            columns = {r[1] for r in self._db.execute("PRAGMA table_info(sandboxes)")}
+            added = {"tenant": "'default'", "secret_env": "'{}'"}
+            for name, default in added.items():
+                if name not in columns:
+                    self._db.execute(
+                        f"ALTER TABLE sandboxes ADD COLUMN {name} TEXT NOT NULL DEFAULT {default}"
+                    )
+
+    @property
+    def db(self) -> sqlite3.Connection:
+        """The connection, for modules that own tables of their own (keys, audit, secrets):
+        their writes join `transaction()`, so a change and its audit record commit together."""
+        return self._db
+
+    def ensure(self, schema: str) -> None:
+        self._db.executescript(schema)
+
+    @contextlib.contextmanager
+    def transaction(self) -> Iterator[sqlite3.Connection]:
+        """One write transaction (BEGIN IMMEDIATE: the write lock first, so another process,
+        e.g. `petri keys`, cannot slip a write in between a read and the write that follows);
+        nested, it joins the one open."""
+        if self._db.in_transaction:
+            yield self._db
+            return
+        self._db.execute("BEGIN IMMEDIATE")
+        try:
+            yield self._db
+        except BaseException:
+            self._db.rollback()
+            raise
+        self._db.commit()
 
     def close(self) -> None:
         self._checkpointer.stop()
@@ -190,7 +235,8 @@ class Registry:
 
     def put_sandbox(self, s: Sandbox) -> None:
         self._db.execute(
-            "INSERT OR REPLACE INTO sandboxes VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            f"INSERT OR REPLACE INTO sandboxes ({_SANDBOX_COLUMNS}) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             (
                 s.id,
                 s.language,
@@ -201,6 +247,8 @@ class Registry:
                 json.dumps(asdict(s.limits)),
                 json.dumps(s.env),
                 s.container_id,
+                s.tenant,
+                json.dumps(s.secret_env),
             ),
         )
 
@@ -208,21 +256,30 @@ class Registry:
         self._db.execute("UPDATE sandboxes SET last_active_at = ? WHERE id = ?", (at, sandbox_id))
 
     def get_sandbox(self, sandbox_id: str) -> Sandbox | None:
-        row = self._db.execute("SELECT * FROM sandboxes WHERE id = ?", (sandbox_id,)).fetchone()
+        row = self._db.execute(
+            f"SELECT {_SANDBOX_COLUMNS} FROM sandboxes WHERE id = ?", (sandbox_id,)
+        ).fetchone()
         return _sandbox(row) if row else None
 
-    def list_sandboxes(self, *, limit: int = -1, after: str = "") -> list[Sandbox]:
+    def list_sandboxes(
+        self, *, limit: int = -1, after: str = "", tenant: str | None = None
+    ) -> list[Sandbox]:
+        """Sandboxes by id; with `tenant`, only that tenant's."""
         rows = self._db.execute(
-            "SELECT * FROM sandboxes WHERE id > ? ORDER BY id LIMIT ?", (after, limit)
+            f"SELECT {_SANDBOX_COLUMNS} FROM sandboxes WHERE id > ? AND (? IS NULL OR tenant = ?) "
+            "ORDER BY id LIMIT ?",
+            (after, tenant, tenant, limit),
         ).fetchall()
         return [_sandbox(r) for r in rows]
 
-    def count_sandboxes(self) -> int:
-        return int(self._db.execute("SELECT count(*) FROM sandboxes").fetchone()[0])
+    def count_sandboxes(self, tenant: str | None = None) -> int:
+        row = self._db.execute(
+            "SELECT count(*) FROM sandboxes WHERE ? IS NULL OR tenant = ?", (tenant, tenant)
+        ).fetchone()
+        return int(row[0])
 
     def delete_sandbox(self, sandbox_id: str) -> None:
-        with self._db:
-            self._db.execute("BEGIN")
+        with self.transaction():
             self._db.execute(
                 "DELETE FROM events WHERE execution_id IN "
                 "(SELECT id FROM executions WHERE sandbox_id = ?)",
@@ -288,8 +345,7 @@ class Registry:
 
     def append_events(self, execution_id: str, events: Sequence[Event]) -> None:
         rows = [(execution_id, e.id, e.type, e.data_json()) for e in events]
-        with self._db:
-            self._db.execute("BEGIN")
+        with self.transaction():
             self._db.executemany("INSERT OR IGNORE INTO events VALUES (?, ?, ?, ?)", rows)
         self._written(sum(len(r[3]) for r in rows))
 
@@ -402,7 +458,7 @@ _SERVICE_COLUMNS = (
 
 
 def _sandbox(row: Iterable[Any]) -> Sandbox:
-    (id_, language, status, created, active, ttl, limits, env, container) = row
+    (id_, language, status, created, active, ttl, limits, env, container, tenant, secret_env) = row
     return Sandbox(
         id_,
         language,
@@ -413,6 +469,8 @@ def _sandbox(row: Iterable[Any]) -> Sandbox:
         Limits(**json.loads(limits)),
         json.loads(env),
         container,
+        tenant,
+        json.loads(secret_env),
     )
 
 

@@ -26,16 +26,30 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from . import files, openapi
+from . import auth, files, openapi
+from .audit import RequestRecorder
 from .config import Settings
-from .errors import BadRequest, NotFound, PetriError, TooLarge, UnsupportedMediaType
+from .errors import (
+    BadRequest,
+    Forbidden,
+    Invalid,
+    NotFound,
+    PetriError,
+    TooLarge,
+    UnsupportedMediaType,
+)
 from .events import Event, keepalive
+from .logs import RequestIds
+from .metrics import CONTENT_TYPE as METRICS_TYPE
+from .metrics import RequestMetrics
 from .models import CreateSandbox, ExecBody, Service, ServiceBody, iso, parse
 from .preview import PreviewRouter, RedactTokens
 from .runs import Run
 from .sandboxes import Sandboxes
 from .service import open_gateway
 from .services import Services, open_services
+from .teams import Teams
+from .vault import check_name
 
 log = logging.getLogger("petri.routes")
 MAX_JSON_DEPTH = 32
@@ -52,7 +66,7 @@ def _error(status: int, code: str, message: str, headers: dict[str, str] | None 
 
 async def _error_response(request: Request, exc: Exception) -> Response:
     if isinstance(exc, PetriError):
-        return _error(exc.status, exc.code, exc.message)
+        return _error(exc.status, exc.code, exc.message, exc.headers() or None)
     if isinstance(exc, HTTPException):
         codes = {404: "route_not_found", 405: "method_not_allowed", 400: "bad_request"}
         return _error(
@@ -300,15 +314,21 @@ async def exec_(request: Request) -> Response:
         return _sse(request, _follow(sandboxes, run, 0), headers)
     if not body.wait:
         return JSONResponse(
-            {"execution_id": run.execution.id, "events_url": _events_url(run)}, 202, headers=headers
+            {"execution_id": run.execution.id, "events_url": _events_url(sandboxes, run)},
+            202,
+            headers=headers,
         )
     await run.log.done.wait()
     return JSONResponse(await sandboxes.result(run), headers=headers)
 
 
-def _events_url(run: Run) -> str:
+def _events_url(sandboxes: Sandboxes, run: Run) -> str:
+    """The run's stream, with a short-lived token that reads it alone (`EventSource` cannot
+    send an Authorization header)."""
     e = run.execution
-    return f"/v1/sandboxes/{e.sandbox_id}/executions/{e.id}/events"
+    seconds = sandboxes.settings.events_token_seconds
+    token = sandboxes.teams.tokens.issue(auth.current(), e.id, seconds)
+    return f"/v1/sandboxes/{e.sandbox_id}/executions/{e.id}/events?token={token}"
 
 
 def _follow(sandboxes: Sandboxes, run: Run, after: int) -> AsyncIterator[Event]:
@@ -324,9 +344,13 @@ class _KeepAlive(ServerSentEvent):
 
 
 def _sse(request: Request, events: AsyncIterator[Event], headers: dict[str, str]) -> Response:
+    metrics = _gateway(request).teams.metrics
+
     async def body() -> AsyncIterator[bytes]:
         async for event in events:
-            yield event.sse()  # one whole event per send: a keep-alive lands between events
+            chunk = event.sse()
+            metrics.streamed(len(chunk))
+            yield chunk  # one whole event per send: a keep-alive lands between events
 
     settings: Settings = _gateway(request).settings
     return EventSourceResponse(
@@ -421,6 +445,72 @@ async def readyz(request: Request) -> Response:
 
 async def openapi_json(request: Request) -> Response:
     return JSONResponse(openapi.document())
+
+
+# --- teams (DESIGN §11): secrets, the audit ledger, metrics ----------------------------------
+
+
+def _teams(request: Request) -> Teams:
+    return _gateway(request).teams
+
+
+async def put_secret(request: Request) -> Response:
+    name = check_name(request.path_params["name"])
+    body = await _json(request)
+    if not isinstance(body, dict) or set(body) != {"value"}:
+        raise Invalid('send {"value": "..."} and nothing else', code="invalid_body")
+    teams, principal = _teams(request), auth.current()
+    with teams.registry.transaction():
+        created = teams.vault.put(principal.tenant, name, body["value"])
+        teams.ledger.append("secret.put", name, {"name": name, "created": created})
+    return JSONResponse({"name": name, "created": created}, 201 if created else 200)
+
+
+async def list_secrets(request: Request) -> Response:
+    principal = auth.current()
+    found = _teams(request).vault.names(None if principal.admin else principal.tenant)
+    for entry in found:
+        entry["created_at"] = iso(entry["created_at"])
+        entry["updated_at"] = iso(entry["updated_at"])
+    return JSONResponse({"secrets": found})
+
+
+async def delete_secret(request: Request) -> Response:
+    name = check_name(request.path_params["name"])
+    teams = _teams(request)
+    with teams.registry.transaction():
+        teams.vault.delete(auth.current().tenant, name)
+        teams.ledger.append("secret.delete", name, {"name": name})
+    return Response(status_code=204)
+
+
+def _after(request: Request) -> int:
+    after = _int_header(request, "Last-Event-ID", 0, MAX_INT)
+    return after if after is not None else _int_param(request, "after", 0, 0, MAX_INT)
+
+
+async def list_audit(request: Request) -> Response:
+    limit = _int_param(request, "limit", 100, 1, 1000)
+    records = _teams(request).ledger.page(auth.current(), after=_after(request), limit=limit)
+    nxt = records[-1]["seq"] if len(records) == limit else None
+    return JSONResponse({"records": records, "next": nxt})
+
+
+async def audit_events(request: Request) -> Response:
+    """The ledger as SSE: `id` is the record's seq, so `Last-Event-ID` resumes after it."""
+    ledger, principal = _teams(request).ledger, auth.current()
+
+    async def records() -> AsyncIterator[Event]:
+        async for record in ledger.follow(principal, _after(request)):
+            yield Event(record["seq"], "audit", record)
+
+    return _sse(request, records(), {})
+
+
+async def metrics(request: Request) -> Response:
+    if not auth.current().admin:
+        raise Forbidden("metrics are for admin keys", code="admin_only")
+    return Response(_teams(request).metrics.render(), media_type=METRICS_TYPE)
 
 
 # --- the dashboard (DESIGN §12): static files shipped in the package, no build step -----------
@@ -533,6 +623,12 @@ ROUTES = [
     Route("/v1/sandboxes/{sid}/services", list_services, methods=["GET"]),
     Route("/v1/sandboxes/{sid}/services/{svid}", get_service, methods=["GET"]),
     Route("/v1/sandboxes/{sid}/services/{svid}", delete_service, methods=["DELETE"]),
+    Route("/v1/secrets", list_secrets, methods=["GET"]),
+    Route("/v1/secrets/{name}", put_secret, methods=["PUT"]),
+    Route("/v1/secrets/{name}", delete_secret, methods=["DELETE"]),
+    Route("/v1/audit", list_audit, methods=["GET"]),
+    Route("/v1/audit/events", audit_events, methods=["GET"]),
+    Route("/metrics", metrics, methods=["GET"]),
 ]
 
 
@@ -543,6 +639,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         async with open_gateway(settings) as sandboxes, open_services(sandboxes) as services:
             app.state.sandboxes = sandboxes
+            app.state.teams = sandboxes.teams
             app.state.services = services
             yield
 
@@ -556,18 +653,37 @@ def create_app(settings: Settings | None = None) -> Starlette:
             ClientDisconnect: _error_response,
         },
     )
+    # Outermost last: request id, metrics, CORS (a preflight needs no key), the gate (who is
+    # calling), the fallback audit record, the body limit, then the routes.
     app.add_middleware(BodyLimit, settings=settings)
+    app.add_middleware(
+        RequestRecorder, ledger=lambda scope: getattr(_state(scope, "teams"), "ledger", None)
+    )
+    app.add_middleware(auth.Gate, authority=_authority)
     origins = [o.strip() for o in settings.cors_origins.split(",") if o.strip()]
     if origins:
         app.add_middleware(CORSMiddleware, allow_origins=origins, allow_methods=["*"],
-                           allow_headers=["*"], expose_headers=["X-Execution-Id"])
-    # Outermost: preview traffic (`/preview/…`, `{token}.{PETRI_PREVIEW_DOMAIN}`) goes to its
-    # service with no body limit and no CORS of the API's.
+                           allow_headers=["*"], expose_headers=["X-Execution-Id", "X-Request-Id"])
+    app.add_middleware(
+        RequestMetrics, metrics=lambda scope: getattr(_state(scope, "teams"), "metrics", None)
+    )
+    # Preview traffic (`/preview/…`, `{token}.{PETRI_PREVIEW_DOMAIN}`) goes to its service
+    # with no body limit, no CORS of the API's and no key (its token is the capability).
     app.add_middleware(
         PreviewRouter, services=lambda: app.state.services, domain=settings.preview_domain
     )
+    app.add_middleware(RequestIds)  # outermost: every request has an id and an access line
     for name in ("uvicorn.access", "uvicorn.error"):
         if not any(isinstance(f, RedactTokens) for f in logging.getLogger(name).filters):
             logging.getLogger(name).addFilter(RedactTokens())
     app.state.settings = settings
     return app
+
+
+def _state(scope: Scope, name: str) -> Any:
+    return getattr(scope["app"].state, name, None)
+
+
+def _authority(scope: Scope) -> tuple[auth.Keys, auth.Tokens, bool]:
+    teams: Teams = _state(scope, "teams")
+    return teams.keys, teams.tokens, teams.loopback

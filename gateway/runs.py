@@ -51,6 +51,7 @@ class Run:
     idle_timeout: float | None = None
     idle: bool = False  # ended by the idle-output timeout
     stderr_tail: bytearray = field(default_factory=bytearray)  # for the missing-module hint
+    env: dict[str, str] = field(default_factory=dict)  # the exec's own env, secrets resolved
     # serve mode: while it runs, the clean-up after other execs spares its process group
     service: bool = False
     # set (by serve mode) to end the run with this `error` event instead of `exit`
@@ -80,6 +81,9 @@ class Runs:
         self._oom_seen: dict[str, int] = {}
         self._settling: dict[str, asyncio.Task[None]] = {}
         self._stale: dict[str, list[str]] = {}  # ended execs whose /tmp files remain
+        # Called with each run as it ends, inside the transaction storing its final record
+        # (the audit ledger appends there); they must not raise.
+        self.on_end: list[Callable[[Run], None]] = []
 
     def start(
         self, run: Run, sandbox: Sandbox, runtime: Runtime, body: ExecBody, seconds: float
@@ -171,7 +175,7 @@ class Runs:
                 **runtime.env,
                 **self.installer.exec_env(sandbox, runtime),
                 **sandbox.env,
-                **(body.env or {}),
+                **run.env,
             }
             stdin = body.stdin.encode() if body.stdin is not None else None
             await self._settled(sandbox.id)
@@ -471,7 +475,10 @@ class Runs:
         execution.error_code = data.get("code") if type_ == ev.ERROR else None
         if type_ == ev.EXIT:
             data["duration_ms"] = execution.duration_ms
-        self.registry.put_execution(execution)
+        with self.registry.transaction():
+            self.registry.put_execution(execution)
+            for hook in self.on_end:
+                hook(run)
         if run.log.terminal is None:
             run.log.emit(type_, data)
 

@@ -4,26 +4,32 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
+import hashlib
 import logging
 import secrets
+import sqlite3
 from collections.abc import AsyncIterator
 from typing import Any
 
+from . import audit, auth, testmode
 from . import events as ev
-from . import testmode
 from .config import Settings
 from .deps import Installer
-from .errors import Conflict, DockerUnavailable, Invalid, NotFound, OverLimit, PetriError
+from .errors import Conflict, DockerUnavailable, Gone, Invalid, NotFound, OverLimit, PetriError
 from .events import Event
 from .executions import ExecutionLog, replay
-from .models import CreateSandbox, ExecBody, Execution, Limits, Sandbox, now
+from .models import CreateSandbox, ExecBody, Execution, Limits, Sandbox, now, split_env
 from .registry import Registry, instance_id
 from .runner import ContainerSpec, Runner
 from .runs import CODE_DIR, Run, Runs
 from .runtimes import Runtime
+from .teams import Teams
+from .vault import Masker, SecretNotFound
 from .workspace import Workspace, Workspaces, clean_path
 
 log = logging.getLogger("petri.sandboxes")
+SOURCE_DIGEST_MAX_BYTES = 16 * 1024 * 1024  # larger files are recorded by name only
 KILL_ANSWER_SECONDS = 5.0
 
 
@@ -36,6 +42,7 @@ class Sandboxes:
         workspaces: Workspaces,
         runtimes: dict[str, Runtime],
         installer: Installer | None = None,
+        teams: Teams | None = None,
     ) -> None:
         self.settings = settings
         self.registry = registry
@@ -50,6 +57,8 @@ class Sandboxes:
             settings, registry, runner, workspaces, self.installer, self._ensure_container
         )
         self._closing = False
+        self.teams = teams or Teams.open(settings, registry)
+        self.runs.on_end += [self._record_end, self._measure_end]
         self._creating: set[str] = set()  # sandboxes being created, not yet in the registry
 
     # --- lifecycle of the gateway ------------------------------------------------------------
@@ -60,18 +69,23 @@ class Sandboxes:
         for execution in interrupted:
             execution.status, execution.error_code = "interrupted", "interrupted"
             execution.ended_at = now()
-            self.registry.put_execution(execution)
             last = self.registry.last_event_id(execution.id)
-            self.registry.append_events(
-                execution.id,
-                [
-                    Event(
-                        last + 1,
-                        ev.ERROR,
-                        {"code": "interrupted", "message": "the gateway restarted while this ran"},
-                    )
-                ],
-            )
+            with self.registry.transaction():
+                self.registry.put_execution(execution)
+                self.registry.append_events(
+                    execution.id,
+                    [
+                        Event(
+                            last + 1,
+                            ev.ERROR,
+                            {
+                                "code": "interrupted",
+                                "message": "the gateway restarted while this ran",
+                            },
+                        )
+                    ],
+                )
+                self._record_finish(execution)
         await self.sweep_orphans()
         for sandbox in self.registry.list_sandboxes():
             with contextlib.suppress(OSError):
@@ -129,6 +143,11 @@ class Sandboxes:
         if ttl > s.max_ttl_seconds:
             raise Invalid(f"ttl_seconds may be at most {s.max_ttl_seconds}", code="limit_too_high")
         limits = _limits(s, body)
+        tenant = auth.current().tenant
+        plain, refs = split_env(body.env)
+        missing = self.teams.vault.missing(tenant, refs.values())
+        if missing:
+            raise SecretNotFound(f"env: no secret {missing[0]!r} in this tenant")
         at = now()
         sandbox = Sandbox(
             f"sb-{secrets.token_hex(8)}",
@@ -138,7 +157,9 @@ class Sandboxes:
             at,
             ttl,
             limits,
-            dict(body.env or {}),
+            plain,
+            tenant=tenant,
+            secret_env=refs,
         )
         # The slot is taken before the first await: creates in flight count against the cap
         # until their row exists, so a burst cannot overshoot it.
@@ -146,35 +167,49 @@ class Sandboxes:
             raise OverLimit(
                 f"at most {s.max_sandboxes} sandboxes may exist", code="too_many_sandboxes"
             )
-        self._creating.add(sandbox.id)
-        try:
-            await self.workspaces.create(sandbox.id, limits.disk_mb)
-            self.registry.put_sandbox(sandbox)
-        except BaseException:
-            self._creating.discard(sandbox.id)
-            with contextlib.suppress(Exception):
-                await self.workspaces.remove(sandbox.id)
-            raise
-        self._creating.discard(sandbox.id)  # counted by the registry from here on
+        with self.teams.quotas.sandbox(tenant):  # the tenant's slot, taken before any await
+            self._creating.add(sandbox.id)
+            try:
+                await self.workspaces.create(sandbox.id, limits.disk_mb)
+                with self.registry.transaction():
+                    self.registry.put_sandbox(sandbox)
+                    self.teams.ledger.append(
+                        "sandbox.create", sandbox.id, _sandbox_detail(sandbox), tenant=tenant
+                    )
+            except BaseException:
+                self._creating.discard(sandbox.id)
+                with contextlib.suppress(Exception):
+                    await self.workspaces.remove(sandbox.id)
+                raise
+            self._creating.discard(sandbox.id)  # counted by the registry from here on
         try:
             await self._start_container(sandbox)
         except BaseException:
-            self.registry.delete_sandbox(sandbox.id)
+            with self.registry.transaction():
+                self.registry.delete_sandbox(sandbox.id)
+                self.teams.ledger.append(
+                    "sandbox.delete", sandbox.id, {"reason": "container_start_failed"},
+                    tenant=tenant,
+                )
             await self.workspaces.remove(sandbox.id)
             raise
         return sandbox
 
     def get(self, sandbox_id: str, *, touch: bool = True) -> Sandbox:
         sandbox = self.registry.get_sandbox(sandbox_id) if len(sandbox_id) < 64 else None
-        if sandbox is None:
+        # Another tenant's sandbox is exactly as absent as one that never was.
+        if sandbox is None or not auth.current().sees(sandbox.tenant):
             raise NotFound(f"no sandbox {sandbox_id[:64]!r}", code="sandbox_not_found")
+        audit.touches(sandbox.tenant)
         if touch:
             sandbox.last_active_at = now()
             self.registry.touch_sandbox(sandbox.id, sandbox.last_active_at)
         return sandbox
 
     def page(self, *, limit: int, after: str) -> list[Sandbox]:
-        return self.registry.list_sandboxes(limit=limit, after=after)
+        principal = auth.current()
+        tenant = None if principal.admin else principal.tenant
+        return self.registry.list_sandboxes(limit=limit, after=after, tenant=tenant)
 
     def workspace(self, sandbox_id: str) -> Workspace:
         return self.workspaces.get(self.get(sandbox_id).id)
@@ -195,7 +230,14 @@ class Sandboxes:
             await self.runner.remove_container(self._container_name(sandbox.id))
             await self.installer.discard(sandbox)  # a running install ends with the sandbox
             await self.workspaces.remove(sandbox.id)
-            self.registry.delete_sandbox(sandbox.id)
+            with self.registry.transaction():
+                self.registry.delete_sandbox(sandbox.id)
+                self.teams.ledger.append(
+                    "sandbox.delete",
+                    sandbox.id,
+                    {"reason": "ttl" if if_expired else "request"},
+                    tenant=sandbox.tenant,
+                )
         self._locks.pop(sandbox.id, None)
         self.runs.forget(sandbox.id)
         return True
@@ -279,11 +321,29 @@ class Sandboxes:
             )
         if body.test:
             testmode.check(runtime, body, timeout)
+        self.teams.quotas.execution(sandbox.tenant)
+        # Secrets are the sandbox's tenant's, decrypted for this run only (never stored).
+        plain, refs = split_env(body.env)
+        vault = self.teams.vault
+        sandbox_secrets = vault.resolve(sandbox.tenant, sandbox.secret_env)
+        exec_secrets = vault.resolve(sandbox.tenant, refs)
+        values = [*sandbox_secrets.values(), *exec_secrets.values()]
+        masker = Masker(values) if values else None
         argv = self._argv(sandbox, runtime, body, execution_id)  # the last check; writes `code`
         execution = Execution(
             execution_id, sandbox.id, argv, test=body.test, idempotency_key=idempotency_key
         )
-        self.registry.put_execution(execution)
+        detail = self._exec_detail(sandbox, body, timeout, plain, refs)
+        metadata = dict(body.metadata or {})
+        with self.registry.transaction():
+            self.registry.put_execution(execution)
+            self.teams.ledger.append(
+                "exec.start",
+                execution_id,
+                masker.value(detail) if masker else detail,
+                metadata=masker.value(metadata) if masker else metadata,
+                tenant=sandbox.tenant,
+            )
         run_log = ExecutionLog(
             execution_id,
             self.registry,
@@ -291,10 +351,88 @@ class Sandboxes:
             tail_bytes=self.settings.output_tail_bytes,
             persist=self.settings.persist_events,
         )
-        run = Run(execution, run_log, idle_timeout=body.idle_timeout_seconds)
+        run_log.masker = masker  # before anything is emitted: nothing unmasked is stored or sent
+        run = Run(
+            execution,
+            run_log,
+            idle_timeout=body.idle_timeout_seconds,
+            env={**plain, **exec_secrets},
+        )
         run_log.emit(ev.START, {"execution_id": execution_id, "sandbox_id": sandbox.id})
-        self.runs.start(run, sandbox, runtime, body, timeout)
+        # The install and the program see the sandbox's secrets; its registry row never does.
+        with_secrets = dataclasses.replace(sandbox, env={**sandbox.env, **sandbox_secrets})
+        self.runs.start(run, with_secrets, runtime, body, timeout)
         return run
+
+    def _exec_detail(
+        self,
+        sandbox: Sandbox,
+        body: ExecBody,
+        timeout: int,
+        plain: dict[str, str],
+        refs: dict[str, str],
+    ) -> dict[str, Any]:
+        """What the ledger says an exec ran: the sha256 of its code or command (or file)."""
+        text = body.code if body.code is not None else body.command
+        digest = hashlib.sha256(text.encode()).hexdigest() if text is not None else None
+        if body.filename is not None:
+            with contextlib.suppress(PetriError, OSError):
+                handle, size = self.workspaces.get(sandbox.id).read(
+                    "/".join(clean_path(body.filename))
+                )
+                with handle:
+                    if size <= SOURCE_DIGEST_MAX_BYTES:
+                        digest = hashlib.sha256(handle.read()).hexdigest()
+        source = next(
+            (n for n in ("command", "code", "filename") if getattr(body, n) is not None), "test"
+        )
+        return {
+            "sandbox_id": sandbox.id,
+            "language": sandbox.language,
+            "source": source,
+            "sha256": digest,
+            "filename": body.filename,
+            "test": body.test,
+            "timeout_seconds": timeout,
+            "env": sorted({*plain, *refs}),
+            "secrets": sorted({*refs.values(), *sandbox.secret_env.values()}),
+        }
+
+    def _record_end(self, run: Run) -> None:
+        """Runs' end hook, inside the transaction that stores the final record."""
+        self._record_finish(run.execution)
+
+    def _record_finish(self, execution: Execution) -> None:
+        start = self.teams.ledger.find("exec.start", execution.id)
+        detail = {
+            "sandbox_id": execution.sandbox_id,
+            "status": execution.status,
+            "exit_code": execution.exit_code,
+            "duration_ms": execution.duration_ms,
+            "timed_out": execution.timed_out,
+            "oom_killed": execution.oom_killed,
+            "truncated": execution.truncated,
+            "killed": execution.killed,
+            "error_code": execution.error_code,
+            "sha256": start["detail"].get("sha256") if start else None,
+        }
+        try:
+            self.teams.ledger.append(
+                "exec.finish",
+                execution.id,
+                detail,
+                metadata=start["metadata"] if start else None,
+                tenant=start["tenant"] if start else None,
+            )
+        except sqlite3.Error:  # the stream must still end; the log says what went unrecorded
+            log.exception("could not append the audit record of %s's end", execution.id)
+
+    def _measure_end(self, run: Run) -> None:
+        execution, metrics = run.execution, self.teams.metrics
+        seconds = execution.duration_ms / 1000 if execution.duration_ms is not None else None
+        metrics.finished(execution.status, seconds, run.log.first_output)
+        if run.install is not None:
+            metrics.install(run.install.status)
 
     def _argv(self, sandbox: Sandbox, runtime: Runtime, body: ExecBody, eid: str) -> list[str]:
         if body.test and runtime.test is not None:
@@ -342,6 +480,9 @@ class Sandboxes:
         return run.execution
 
     def execution(self, sandbox_id: str, execution_id: str) -> Execution:
+        scope = auth.current().execution  # an events token reads one execution only
+        if scope is not None and scope != execution_id:
+            raise NotFound(f"no execution {execution_id[:64]!r}", code="execution_not_found")
         sandbox = self.get(sandbox_id)
         run = self.runs.live.get(execution_id)
         if run is not None and run.execution.sandbox_id == sandbox.id:
@@ -364,6 +505,12 @@ class Sandboxes:
         run = self.runs.live.get(execution.id)
         if run is not None:
             return run.log.follow(after)
+        if self.teams.retention.evicted(execution.id):
+            raise Gone(
+                f"the events of {execution.id} were removed by retention "
+                "(PETRI_EVENTS_RETENTION_HOURS, PETRI_EVENTS_MAX_MB); its record remains",
+                code="expired",
+            )
         return replay(self.registry, execution.id, after)
 
     def _finished_log(self, execution: Execution) -> ExecutionLog:
@@ -431,6 +578,16 @@ class Sandboxes:
         elif terminal is not None:
             result.update({k: v for k, v in terminal.data.items() if k not in result})
         return result
+
+
+def _sandbox_detail(sandbox: Sandbox) -> dict[str, Any]:
+    return {
+        "language": sandbox.language,
+        "ttl_seconds": sandbox.ttl_seconds,
+        "limits": dataclasses.asdict(sandbox.limits),
+        "env": sorted(sandbox.env),
+        "secret_env": dict(sorted(sandbox.secret_env.items())),
+    }
 
 
 def _limits(s: Settings, body: CreateSandbox) -> Limits:

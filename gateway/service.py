@@ -7,14 +7,17 @@ import contextlib
 import logging
 from collections.abc import AsyncIterator
 
+from . import auth
 from .config import Settings
 from .errors import PetriError
 from .installer import ContainerInstaller
 from .reaper import reap_forever
 from .registry import Registry
+from .retention import retain_forever
 from .runner import Runner
 from .runtimes import load_runtimes
 from .sandboxes import Sandboxes
+from .teams import Teams
 from .workspace import Workspaces
 
 log = logging.getLogger("petri")
@@ -23,6 +26,21 @@ log = logging.getLogger("petri")
 @contextlib.asynccontextmanager
 async def open_gateway(settings: Settings) -> AsyncIterator[Sandboxes]:
     registry = Registry(settings.data_dir)
+    teams = Teams.open(settings, registry)
+    try:
+        teams.check_exposure()
+    except BaseException:
+        registry.close()
+        raise
+    # What the gateway does by itself (recovery, the reaper, retention) acts as `SYSTEM`;
+    # requests run in tasks of their own, each with the principal its key gave (auth.Gate).
+    with auth.acting_as(auth.SYSTEM):
+        async with _serve(settings, registry, teams) as sandboxes:
+            yield sandboxes
+
+
+@contextlib.asynccontextmanager
+async def _serve(settings: Settings, registry: Registry, teams: Teams) -> AsyncIterator[Sandboxes]:
     runner = Runner(settings.docker_url, settings.max_concurrent_starts)
     workspaces = Workspaces(settings.workspace_root, settings.uid, settings.gid)
     installer = make_installer(settings, registry, runner, workspaces)
@@ -33,6 +51,7 @@ async def open_gateway(settings: Settings) -> AsyncIterator[Sandboxes]:
         workspaces,
         load_runtimes(settings.runtimes_dir),
         installer,
+        teams,
     )
     installer.labels = dict(sandboxes.labels)  # install containers are swept like the rest
     try:
@@ -41,12 +60,16 @@ async def open_gateway(settings: Settings) -> AsyncIterator[Sandboxes]:
         log.warning("start-up recovery incomplete (%s); continuing", exc.message)
     await installer.start()  # the egress proxy's socket directory
     reaper = asyncio.create_task(reap_forever(sandboxes, settings.reaper_interval_seconds))
+    retention = asyncio.create_task(
+        retain_forever(teams.retention, settings.reaper_interval_seconds)
+    )
     try:
         yield sandboxes
     finally:
-        reaper.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await reaper
+        for task in (reaper, retention):
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
         await sandboxes.shutdown()
         await installer.close()
         await runner.close()

@@ -112,22 +112,30 @@ def bridge_index() -> Iterator[Server]:
 @pytest.fixture(params=["bridge", "host"])
 def containerized_gateway(
     request: pytest.FixtureRequest, gateway_image: str, bridge_index: Server
-) -> Iterator[tuple[str, Path, str]]:
+) -> Iterator[tuple[str, Path, str, dict[str, str]]]:
     """The gateway image serving on 127.0.0.1:<free port>: published from its own network
     namespace (`-p`, plain `docker run`) or in the host's (docker-compose.yml's way), its
-    egress allowlist holding the test's index. Yields (url, workspace root, container name)."""
+    egress allowlist holding the test's index. Yields (url, workspace root, container name,
+    headers carrying the key the 0.0.0.0 variant needs)."""
     workspaces = Path(tempfile.mkdtemp(prefix="petri-selfhost-ws-"))
     name = f"petri-selfhost-{uuid.uuid4().hex[:10]}"
     port = free_port()
     # The gateway's data dir is a volume of its own; its instance id (the label its orphan
     # sweep goes by) is made there at first start, so equal paths in two containers are safe.
     data_dir = "/var/lib/petri/data"
+    key_file = f"{data_dir}/selftest.key"
     if request.param == "host":
         network = ["--network", "host"]
         serve = ["--host", "127.0.0.1", "--port", str(port)]
     else:
-        network = ["-p", f"127.0.0.1:{port}:8000"]
-        serve = []
+        # The image serves 0.0.0.0 in its own namespace, which the gateway refuses with no
+        # API key: one is made first, as a team does (docs/operations.md).
+        network = ["-p", f"127.0.0.1:{port}:8000", "--entrypoint", "sh"]
+        serve = [
+            "-c",
+            f"petri keys create --tenant selftest --admin > {key_file} && "
+            "exec petri serve --host 0.0.0.0 --port 8000",
+        ]
     run = _docker(
         "run",
         "-d",
@@ -157,7 +165,8 @@ def containerized_gateway(
         assert run.returncode == 0, f"docker run failed: {run.stderr.strip()}"
         url = f"http://127.0.0.1:{port}"
         _wait_healthy(name, url)
-        yield url, workspaces, name
+        key = _docker("exec", name, "cat", key_file).stdout.strip()  # none on loopback
+        yield url, workspaces, name, {"Authorization": f"Bearer {key}"} if key else {}
     finally:
         logs = _docker("logs", "--tail", "60", name)
         instance = _docker("exec", name, "cat", f"{data_dir}/instance-id").stdout.strip()
@@ -188,10 +197,10 @@ def _wait_healthy(name: str, url: str, seconds: float = 60) -> None:
 
 @pytest.mark.docker
 def test_gateway_image_serves_and_reaches_docker(
-    containerized_gateway: tuple[str, Path, str], bridge_index: Server
+    containerized_gateway: tuple[str, Path, str, dict[str, str]], bridge_index: Server
 ) -> None:
-    url, workspaces, _ = containerized_gateway
-    with httpx.Client(base_url=url, timeout=120) as client:
+    url, workspaces, _, headers = containerized_gateway
+    with httpx.Client(base_url=url, timeout=120, headers=headers) as client:
         health = client.get("/healthz")
         assert health.status_code == 200, health.text
         ready = client.get("/readyz")

@@ -39,10 +39,9 @@ def ticks(n: int) -> str:
 def start(client: httpx.Client, sid: str, **body: Any) -> str:
     r = client.post(f"/v1/sandboxes/{sid}/exec", json={**body, "wait": False})
     assert r.status_code == 202, r.text
-    assert (
-        r.json()["events_url"]
-        == f"/v1/sandboxes/{sid}/executions/{r.json()['execution_id']}/events"
-    )
+    path, _, query = r.json()["events_url"].partition("?")
+    assert path == f"/v1/sandboxes/{sid}/executions/{r.json()['execution_id']}/events"
+    assert query.startswith("token=")  # read-only, this run only: for EventSource (§11)
     return str(r.json()["execution_id"])
 
 

@@ -173,6 +173,11 @@ class ExecBody(_Body):
     code: str | None = Field(default=None, max_length=4 * 1024 * 1024)
     filename: str | None = Field(default=None, min_length=1, max_length=1024)
     test: bool = False
+    # appended to the program's argv: after the file that `code` or `filename` runs, or as
+    # $1, $2, ... of a `command` (never through a shell: no quoting needed)
+    args: list[Annotated[str, Field(max_length=65536)]] | None = Field(
+        default=None, max_length=1024
+    )
     timeout_seconds: int | None = Field(default=None, ge=1)
     # no output (stdout or stderr) for this long: killed, `timed_out` and `idle` on `exit`
     idle_timeout_seconds: int | None = Field(default=None, ge=1)
@@ -196,6 +201,10 @@ class ExecBody(_Body):
             raise ValueError("give only one of command, code, filename")
         if not given and not self.test:
             raise ValueError("give one of command, code, filename (or test: true)")
+        if self.args is not None and self.test:
+            raise ValueError("args go to a program (command, code or filename), not to test mode")
+        if self.args is not None and any("\x00" in a for a in self.args):
+            raise ValueError("args must not hold NUL bytes")
         return self
 
 

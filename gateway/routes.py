@@ -25,7 +25,7 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from . import openapi
+from . import mcp, openapi
 from .config import Settings
 from .errors import BadRequest, PetriError, TooLarge, UnsupportedMediaType
 from .events import Event, keepalive
@@ -477,7 +477,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
-        async with open_gateway(settings) as sandboxes:
+        async with open_gateway(settings) as sandboxes, mcp_sessions():
             app.state.sandboxes = sandboxes
             yield
 
@@ -491,6 +491,10 @@ def create_app(settings: Settings | None = None) -> Starlette:
             ClientDisconnect: _error_response,
         },
     )
+    # /mcp: the MCP tools, calling this app's own API in-process (auth applies as to any call)
+    hosts = [h.strip() for h in settings.mcp_allowed_hosts.split(",") if h.strip()]
+    mcp_endpoint, mcp_sessions = mcp.http_app(lambda: app, hosts)
+    app.router.routes.append(Route("/mcp", mcp_endpoint))
     app.add_middleware(BodyLimit, settings=settings)
     origins = [o.strip() for o in settings.cors_origins.split(",") if o.strip()]
     if origins:

@@ -30,6 +30,7 @@ RULES: list[tuple[str, str]] = [
     (r"\bAsyncFiles\b", "Files"),
     (r"\bAsyncServices\b", "Services"),
     (r"\bAsyncClient\b", "Client"),
+    (r"\bAsyncBaseTransport\b", "BaseTransport"),
     (r"\basync def\b", "def"),
     (r"\basync with\b", "with"),
     (r"\basync for\b", "for"),

@@ -34,11 +34,12 @@ class AsyncClient:
         timeout: float = 30.0,
         stall_timeout: float = 90.0,
         reconnect_for: float = 60.0,
+        transport: httpx.AsyncBaseTransport | None = None,
     ) -> None:
         self.url, self.api_key = resolve(url, api_key)
         self.timeout, self.stall_timeout, self.reconnect_for = timeout, stall_timeout, reconnect_for
         self.http = httpx.AsyncClient(
-            base_url=self.url, headers=headers(self.api_key), timeout=timeout
+            base_url=self.url, headers=headers(self.api_key), timeout=timeout, transport=transport
         )
 
     async def __aenter__(self) -> AsyncClient:

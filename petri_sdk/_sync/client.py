@@ -35,10 +35,13 @@ class Client:
         timeout: float = 30.0,
         stall_timeout: float = 90.0,
         reconnect_for: float = 60.0,
+        transport: httpx.BaseTransport | None = None,
     ) -> None:
         self.url, self.api_key = resolve(url, api_key)
         self.timeout, self.stall_timeout, self.reconnect_for = timeout, stall_timeout, reconnect_for
-        self.http = httpx.Client(base_url=self.url, headers=headers(self.api_key), timeout=timeout)
+        self.http = httpx.Client(
+            base_url=self.url, headers=headers(self.api_key), timeout=timeout, transport=transport
+        )
 
     def __enter__(self) -> Client:
         return self

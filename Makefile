@@ -67,7 +67,7 @@ bench:
 # Base: as for the runtime images (PETRI_BASE_IMAGE, debian:trixie-slim, petri-base:trixie).
 gateway-image: docker
 	ctx="$$(mktemp -d)"; trap 'rm -rf "$$ctx"' EXIT; \
-	cp -a Dockerfile .dockerignore pyproject.toml README.md gateway runtimes "$$ctx"/; \
+	cp -a Dockerfile .dockerignore pyproject.toml README.md gateway petri_sdk runtimes "$$ctx"/; \
 	bundle="$${PETRI_CA_BUNDLE:-/etc/ssl/certs/ca-certificates.crt}"; \
 	if [ -f "$$bundle" ]; then cp "$$bundle" "$$ctx/ca-bundle.crt"; fi; \
 	base="$$($(PYTHON) -c 'import sys; from gateway.images import ensure_base; \

@@ -198,6 +198,7 @@ _BY_CODE: dict[str, type[PetriError]] = {
     "app_exited": AppExited,
     "app_not_ready": AppNotReady,
     "interrupted": ExecutionInterrupted,
+    "service_not_ready": ServiceFailed,
 }
 
 _BY_STATUS: dict[int, type[PetriError]] = {

@@ -62,6 +62,7 @@ class AsyncClient:
         **kwargs: Any,
     ) -> httpx.Response:
         """One call; an error answer or a failed connection raises a `PetriError`."""
+        self._check_open()
         try:
             response = await self.http.request(method, path, **kwargs)
         except httpx.TransportError as exc:
@@ -82,6 +83,13 @@ class AsyncClient:
                 status=response.status_code,
                 code="bad_answer",
             ) from None
+
+    def _check_open(self) -> None:
+        if self.http.is_closed:
+            raise PetriError(
+                "this client is closed (the sandbox was deleted or closed): connect again",
+                code="client_closed",
+            )
 
     def _transport_error(self, exc: httpx.TransportError) -> PetriError:
         if isinstance(exc, httpx.TimeoutException):
@@ -123,6 +131,7 @@ class AsyncClient:
         body: dict[str, Any] | None,
         key: str,
     ) -> AsyncGenerator[Event, None]:
+        self._check_open()
         base = sandbox_path(sandbox_id)
         last, failing_since, attempts = after, None, 0
         timeout = httpx.Timeout(self.timeout, read=self.stall_timeout)

@@ -124,6 +124,8 @@ class AsyncSandbox:
 
     async def delete(self) -> None:
         """Stop the container and remove the workspace (a sandbox already gone is fine)."""
+        if self._owns_client and self.client.http.is_closed:
+            return  # deleted (or closed) before
         try:
             await self.client.request("DELETE", self.path, not_found=SandboxNotFound)
         except SandboxNotFound:

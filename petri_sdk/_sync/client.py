@@ -63,6 +63,7 @@ class Client:
         **kwargs: Any,
     ) -> httpx.Response:
         """One call; an error answer or a failed connection raises a `PetriError`."""
+        self._check_open()
         try:
             response = self.http.request(method, path, **kwargs)
         except httpx.TransportError as exc:
@@ -83,6 +84,13 @@ class Client:
                 status=response.status_code,
                 code="bad_answer",
             ) from None
+
+    def _check_open(self) -> None:
+        if self.http.is_closed:
+            raise PetriError(
+                "this client is closed (the sandbox was deleted or closed): connect again",
+                code="client_closed",
+            )
 
     def _transport_error(self, exc: httpx.TransportError) -> PetriError:
         if isinstance(exc, httpx.TimeoutException):
@@ -124,6 +132,7 @@ class Client:
         body: dict[str, Any] | None,
         key: str,
     ) -> Generator[Event, None, None]:
+        self._check_open()
         base = sandbox_path(sandbox_id)
         last, failing_since, attempts = after, None, 0
         timeout = httpx.Timeout(self.timeout, read=self.stall_timeout)

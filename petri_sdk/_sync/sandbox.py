@@ -123,6 +123,8 @@ class Sandbox:
 
     def delete(self) -> None:
         """Stop the container and remove the workspace (a sandbox already gone is fine)."""
+        if self._owns_client and self.client.http.is_closed:
+            return  # deleted (or closed) before
         try:
             self.client.request("DELETE", self.path, not_found=SandboxNotFound)
         except SandboxNotFound:

@@ -149,11 +149,11 @@ def _summary(report: TestReport) -> None:
 
 class _Group(click.Group):
     def invoke(self, ctx: click.Context) -> Any:
-        runs = ctx.invoked_subcommand in ("run", "exec")
         try:
             return super().invoke(ctx)
         except PetriError as exc:  # one clear line: no traceback for the gateway's answers
             text = exc.message if exc.code in _PLAIN else f"{exc.code}: {exc.message}"
+            runs = isinstance(ctx.obj, dict) and ctx.obj.get("runs")  # set by run and exec
             _fail(text, PETRI_FAILED if runs else 1)
         except KeyboardInterrupt:
             _fail("interrupted", INTERRUPTED)
@@ -316,6 +316,7 @@ def run(
 
     Exits with the program's exit code (125: Petri could not run it).
     """
+    ctx.obj["runs"] = True
     lang = language or _language(path)
     if lang is None:
         _fail(f"cannot tell the language of {path}: give --language", 2)
@@ -377,6 +378,7 @@ def exec_(
     petri exec sb-1234 -- ls -la           words are quoted as given
     petri exec sb-1234 -- 'make && ./app'  one word is a shell command line
     """
+    ctx.obj["runs"] = True
     line = command[0] if len(command) == 1 else shlex.join(command)
     sb = _connect(ctx, sandbox_id)
     try:

@@ -1,6 +1,7 @@
 # Petri: the two commands.
 #   make up     install, make sure Docker runs, build the runtime images, serve on 127.0.0.1:8000
-#   make test   install, make sure Docker runs, build the runtime images, lint, type-check, test
+#   make test   install, make sure Docker runs and Chromium is here, build the runtime images,
+#               lint, type-check, test
 # Every recipe runs under `bash -euo pipefail` and stops at the first failing step.
 
 SHELL := /bin/bash
@@ -20,11 +21,11 @@ PETRI_WORKSPACE_ROOT ?= $(CURDIR)/var/workspaces
 PYTEST_ARGS ?=
 GATEWAY_IMAGE ?= petri-gateway:latest
 
-.PHONY: help up test install docker images lint pytest bench gateway-image
+.PHONY: help up test install docker browser images lint pytest bench gateway-image
 
 help:
 	@echo "make up             install, start Docker if needed, build images, serve on $(HOST):$(PORT)"
-	@echo "make test           install, start Docker if needed, build images, ruff, mypy, pytest"
+	@echo "make test           install, start Docker and get Chromium if needed, build images, ruff, mypy, pytest"
 	@echo "make lint           ruff check + mypy"
 	@echo "make images         build the runtime images (unchanged ones are skipped)"
 	@echo "make bench          run every bench/*.py"
@@ -35,6 +36,10 @@ install:
 
 docker:
 	bash scripts/ensure-docker.sh
+
+# Debian's chromium, which the dashboard tests drive through Playwright (no browser download).
+browser:
+	bash scripts/ensure-browser.sh
 
 images: docker
 	$(PETRI) images build
@@ -52,7 +57,7 @@ lint:
 pytest:
 	$(PYTHON) -m pytest -q -ra tests $(PYTEST_ARGS)
 
-test: install docker images lint pytest
+test: install docker browser images lint pytest
 
 bench:
 	shopt -s nullglob; scripts=(bench/[!_]*.py); \

@@ -17,11 +17,13 @@ import os
 import re
 import stat
 import sys
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
+from . import tree
 from .errors import PetriError
 from .models import Sandbox
 from .runtimes import InstallPlan, InstallSpec, Runtime
@@ -37,6 +39,9 @@ SCAN_SKIP = frozenset(
 )
 SCAN_MAX_FILES = 5000
 SCAN_MAX_BYTES = 1024 * 1024
+SCAN_MAX_ENTRIES = 300_000  # names looked at, of any kind (an image holds ~262k per 4 GB)
+SCAN_MAX_DEPTH = 32
+SCAN_SECONDS = 10.0
 
 
 class InstallSink(Protocol):
@@ -177,26 +182,45 @@ DETECTORS: dict[str, Callable[[Path], frozenset[str]]] = {
 
 def _sources(root: Path, suffix: str, names: set[str]) -> Iterator[bytes]:
     """The first bytes of each `suffix` file under `root`, walked by directory fd without
-    following symlinks (the sandbox controls the tree); collects module and folder names."""
-    count = 0
+    following symlinks (the sandbox controls the tree) and within bounds (`SCAN_*`: files,
+    entries, depth, time); collects module and folder names. A cut walk is logged."""
     flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
-    for _, dirs, files, dfd in os.fwalk(root, follow_symlinks=False):
-        dirs[:] = [d for d in dirs if d not in SCAN_SKIP]
-        names.update(dirs)
-        for name in files:
-            if not name.endswith(suffix):
+    try:
+        top = os.open(root, tree.DIR_FLAGS)
+    except OSError:
+        return
+    count = 0
+    try:
+        walk = tree.Walk(
+            top,
+            SCAN_MAX_DEPTH,
+            SCAN_MAX_ENTRIES,
+            skip=lambda entry: entry.name in SCAN_SKIP,
+            deadline=time.monotonic() + SCAN_SECONDS,
+        )
+        for entry in walk:
+            if stat.S_ISDIR(entry.stat.st_mode):
+                if entry.name not in SCAN_SKIP:
+                    names.add(entry.name)
                 continue
-            names.add(name[: -len(suffix)])
+            if not entry.name.endswith(suffix) or not stat.S_ISREG(entry.stat.st_mode):
+                continue
+            names.add(entry.name[: -len(suffix)])
             if count >= SCAN_MAX_FILES:
-                return
+                walk.cut = f"more than {SCAN_MAX_FILES} {suffix} files"
+                break
             count += 1
             try:
-                fd = os.open(name, flags, dir_fd=dfd)
+                fd = os.open(entry.name, flags, dir_fd=entry.dir_fd)
             except OSError:
                 continue
             with os.fdopen(fd, "rb") as f:
                 if stat.S_ISREG(os.fstat(fd).st_mode):
                     yield f.read(SCAN_MAX_BYTES)
+        if walk.cut:
+            log.info("import scan of %s stopped early: %s", root.name, walk.cut)
+    finally:
+        os.close(top)
 
 
 # --- bill of materials and the missing-module hint -------------------------------------------

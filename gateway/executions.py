@@ -33,6 +33,10 @@ FLUSH_BYTES = 1024 * 1024
 WINDOW_EVENTS = 1024
 WINDOW_BYTES = 2 * 1024 * 1024
 REPLAY_BATCH = 64
+# A follower yields the loop after this many events: sending an event costs tens of µs, and
+# a client that reads fast never makes the send wait, so 20 followers of a long run would
+# otherwise take turns of whole pages while every other request waits.
+TURN_EVENTS = 8
 COALESCE_CHARS = 64 * 1024
 
 
@@ -270,12 +274,14 @@ class ExecutionLog:
                 wake = self._wake
                 if not self.persist:
                     self._cursors[token] = cursor
-                batch = self._batch(cursor)
-                for event in batch:
+                batch = await self._stored(cursor) or self._batch(cursor)
+                for n, event in enumerate(batch, 1):
                     yield event
                     cursor = event.id
                     if event.terminal:
                         return
+                    if n % TURN_EVENTS == 0:
+                        await asyncio.sleep(0)
                 if not batch:
                     if self.terminal is not None and cursor >= self.terminal.id:
                         return
@@ -283,13 +289,17 @@ class ExecutionLog:
         finally:
             self._cursors.pop(token, None)
 
+    async def _stored(self, cursor: int) -> list[Event]:
+        """Events after `cursor` that already left the window, read from SQLite in a worker
+        thread (a follower far behind reads many pages); [] when the window has them."""
+        window = self._window
+        if not (self.persist and window and cursor + 1 < window[0].id):
+            return []
+        return await _read(self.registry, self.execution_id, cursor)
+
     def _batch(self, cursor: int) -> list[Event]:
         window = self._window
         if window and cursor + 1 < window[0].id:
-            if self.persist:
-                stored = self.registry.events(self.execution_id, cursor, limit=REPLAY_BATCH)
-                if stored:
-                    return stored
             # Not stored (persistence off, or a failed write): continue from the window.
             cursor = window[0].id - 1
         if not window or cursor >= self.durable:
@@ -300,12 +310,23 @@ class ExecutionLog:
 
 
 async def replay(registry: Registry, execution_id: str, after: int = 0) -> AsyncIterator[Event]:
-    """Events of an execution that is no longer live, from SQLite."""
+    """Events of an execution that is no longer live, from SQLite: page by page, each read
+    in a worker thread, so many clients replaying long runs never stall the event loop."""
     cursor = after
     while True:
-        batch = registry.events(execution_id, cursor, limit=REPLAY_BATCH)
+        batch = await _read(registry, execution_id, cursor)
         if not batch:
             return
-        for event in batch:
+        for n, event in enumerate(batch, 1):
             yield event
             cursor = event.id
+            if n % TURN_EVENTS == 0:
+                await asyncio.sleep(0)
+
+
+async def _read(registry: Registry, execution_id: str, cursor: int) -> list[Event]:
+    """One page of stored events, read in the registry's reader thread."""
+    loop = asyncio.get_running_loop()
+    return await loop.run_in_executor(
+        registry.reads, registry.read_events, execution_id, cursor, REPLAY_BATCH
+    )

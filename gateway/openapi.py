@@ -166,7 +166,24 @@ def document() -> dict[str, Any]:
             }
         }
     }
+    page = {"description": "a dashboard file", "content": {
+        media: {"schema": {"type": "string"}}
+        for media in ("text/html", "text/javascript", "text/css", "image/svg+xml")
+    }}
     paths: dict[str, Any] = {
+        "/": {
+            "get": {
+                "summary": "the dashboard (HTML; not part of the JSON API)",
+                "responses": _responses({"200": {**page, "description": "the dashboard page"}}),
+            }
+        },
+        "/dashboard/{path}": {
+            "parameters": [PATH],
+            "get": {
+                "summary": "the dashboard's scripts, styles and icon",
+                "responses": _responses({"200": page}, 404),
+            },
+        },
         "/healthz": {
             "get": {"summary": "liveness", "responses": _responses({"200": _ok("alive", Health)})}
         },

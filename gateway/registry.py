@@ -1,7 +1,8 @@
 """SQLite (WAL) registry: sandboxes, executions and their events.
 
 Calls are short and run on the event loop's thread; event writes arrive in batches from
-`executions`, so one commit carries many events.
+`executions`, so one commit carries many events. Replay pages (`read_events`) are read in
+a thread of their own (`reads`), on a connection of their own.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import secrets
 import sqlite3
 import threading
 from collections.abc import Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -144,9 +146,19 @@ class Registry:
         self._checkpointer = _Checkpointer(self.path)
         self._checkpointer.start()
         self._unchecked = 0
+        # Replay pages are read in worker threads, on a connection of their own (WAL: a
+        # reader never waits for the writer, nor the writer for it).
+        self._reader = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+        self._reader.execute("PRAGMA busy_timeout=5000")
+        self._reader_lock = threading.Lock()
+        # The thread replay pages are read in: one, of its own (no other work can hold it up).
+        self.reads = ThreadPoolExecutor(max_workers=1, thread_name_prefix="petri-replay")
 
     def close(self) -> None:
         self._checkpointer.stop()
+        self.reads.shutdown(wait=True, cancel_futures=True)
+        with self._reader_lock:
+            self._reader.close()
         with contextlib.suppress(sqlite3.Error):
             self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
         self._db.close()
@@ -271,6 +283,16 @@ class Registry:
             (execution_id, after, limit),
         ).fetchall()
         return [Event(r[0], r[1], json.loads(r[2]), r[2]) for r in rows]
+
+    def read_events(self, execution_id: str, after: int = 0, limit: int = 500) -> list[Event]:
+        """`events`, for the `reads` thread (the replay of a long run is many pages)."""
+        with self._reader_lock:
+            rows = self._reader.execute(
+                "SELECT id, type, data FROM events WHERE execution_id = ? AND id > ? "
+                "ORDER BY id LIMIT ?",
+                (execution_id, after, limit),
+            ).fetchall()
+            return [Event(r[0], r[1], json.loads(r[2]), r[2]) for r in rows]
 
     def last_event_id(self, execution_id: str) -> int:
         row = self._db.execute(

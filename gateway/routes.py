@@ -6,14 +6,15 @@ mapped to `{"error": {"code", "message"}}` in one place: `_error_response`.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
+import functools
+import hashlib
+import importlib.resources
 import json
 import logging
 import re
-import tempfile
-from collections.abc import AsyncIterator, Iterator
-from typing import Any, BinaryIO
+from collections.abc import AsyncIterator
+from typing import Any
 
 from sse_starlette import EventSourceResponse, ServerSentEvent
 from starlette.applications import Starlette
@@ -25,9 +26,9 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from . import mcp, openapi
+from . import files, mcp, openapi
 from .config import Settings
-from .errors import BadRequest, PetriError, TooLarge, UnsupportedMediaType
+from .errors import BadRequest, NotFound, PetriError, TooLarge, UnsupportedMediaType
 from .events import Event, keepalive
 from .models import CreateSandbox, ExecBody, iso, parse
 from .runs import Run
@@ -213,18 +214,14 @@ async def upload_files(request: Request) -> Response:
     sandboxes = _gateway(request)
     workspace = sandboxes.workspace(request.path_params["sid"])
     limit = sandboxes.settings.max_upload_bytes
-    written = []
     async with request.form(max_files=10000, max_fields=100, max_part_size=1024 * 1024) as form:
         uploads = [v for k, v in form.multi_items() if k == "file"]
         if not uploads or not all(isinstance(u, UploadFile) for u in uploads):
             raise BadRequest(
                 "send multipart/form-data with one or more 'file' parts", code="no_files"
             )
-        for upload in uploads:
-            assert isinstance(upload, UploadFile)
-            name = upload.filename or ""
-            size = await asyncio.to_thread(workspace.write, name, upload.file, limit)
-            written.append({"path": name, "size": size})
+        parts = [(u.filename or "", u.file) for u in uploads if isinstance(u, UploadFile)]
+        written = await files.upload(workspace, parts, limit)
     return JSONResponse({"files": written}, 201)
 
 
@@ -232,42 +229,39 @@ async def put_file(request: Request) -> Response:
     sandboxes = _gateway(request)
     workspace = sandboxes.workspace(request.path_params["sid"])
     path = request.path_params["path"]
-    with await _spool(request, sandboxes.settings.max_upload_bytes) as body:
-        size = await asyncio.to_thread(
-            workspace.write, path, body, sandboxes.settings.max_upload_bytes
-        )
+    limit = sandboxes.settings.max_upload_bytes
+    size = await files.put(workspace, path, request.stream(), limit)
     return JSONResponse({"path": path, "size": size}, 201)
 
 
 async def list_files(request: Request) -> Response:
     workspace = _gateway(request).workspace(request.path_params["sid"])
-    files = await asyncio.to_thread(workspace.listing)
-    return JSONResponse(
-        {
-            "files": [
-                {"path": f.path, "size": f.size, "modified_at": iso(f.modified_at)} for f in files
-            ]
-        }
-    )
+    found = await files.listing(workspace)
+    body: dict[str, Any] = {
+        "files": [
+            {"path": f.path, "size": f.size, "modified_at": iso(f.modified_at)}
+            for f in found.files
+        ],
+        "truncated": bool(found.cut),
+    }
+    if found.cut:
+        body["note"] = f"part of the workspace is not listed: {found.cut}"
+    return JSONResponse(body)
 
 
 async def get_file(request: Request) -> Response:
     workspace = _gateway(request).workspace(request.path_params["sid"])
-    handle, size = workspace.read(request.path_params["path"])
-
-    def chunks() -> Iterator[bytes]:
-        with handle:
-            while chunk := handle.read(256 * 1024):
-                yield chunk
-
-    return StreamingResponse(
-        chunks(), media_type="application/octet-stream", headers={"Content-Length": str(size)}
-    )
+    download = await files.download(workspace, request.path_params["path"])
+    if download.chunks is None:
+        return Response(download.body, media_type="application/octet-stream")
+    # No Content-Length: a file that shrinks while it is sent still ends a well-formed
+    # (chunked) response; it never sends more than the size seen at open.
+    return StreamingResponse(download.chunks, media_type="application/octet-stream")
 
 
 async def delete_file(request: Request) -> Response:
     workspace = _gateway(request).workspace(request.path_params["sid"])
-    workspace.delete(request.path_params["path"])
+    await files.delete(workspace, request.path_params["path"])
     return Response(status_code=204)
 
 
@@ -275,40 +269,18 @@ async def upload_zip(request: Request) -> Response:
     sandboxes = _gateway(request)
     workspace = sandboxes.workspace(request.path_params["sid"])
     s = sandboxes.settings
+    limits = {"max_members": s.zip_max_members, "max_bytes": s.zip_max_bytes}
     ctype = request.headers.get("content-type", "")
     if ctype.startswith("multipart/form-data"):
         async with request.form(max_files=1, max_fields=10) as form:
             upload = form.get("file")
             if not isinstance(upload, UploadFile):
                 raise BadRequest("send the zip as multipart field 'file'", code="no_files")
-            files = await asyncio.to_thread(
-                workspace.extract_zip,
-                upload.file,
-                max_members=s.zip_max_members,
-                max_bytes=s.zip_max_bytes,
-            )
+            written = await files.extract_zip(workspace, upload.file, **limits)
     else:
-        with await _spool(request, s.max_upload_bytes) as body:
-            files = await asyncio.to_thread(
-                workspace.extract_zip,
-                body,
-                max_members=s.zip_max_members,
-                max_bytes=s.zip_max_bytes,
-            )
-    return JSONResponse({"files": files}, 201)
-
-
-async def _spool(request: Request, limit: int) -> BinaryIO:
-    spool = tempfile.SpooledTemporaryFile(max_size=4 * 1024 * 1024)  # noqa: SIM115
-    size = 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            spool.close()
-            raise TooLarge(f"the body is larger than {limit} bytes")
-        spool.write(chunk)
-    spool.seek(0)
-    return spool  # type: ignore[return-value]
+        with await files.spool(request.stream(), s.max_upload_bytes) as body:
+            written = await files.extract_zip(workspace, body, **limits)
+    return JSONResponse({"files": written}, 201)
 
 
 # --- executions -------------------------------------------------------------------------------
@@ -411,6 +383,52 @@ async def openapi_json(request: Request) -> Response:
     return JSONResponse(openapi.document())
 
 
+# --- the dashboard (DESIGN §12): static files shipped in the package, no build step -----------
+
+DASHBOARD_TYPES = {
+    ".html": "text/html; charset=utf-8",
+    ".js": "text/javascript; charset=utf-8",
+    ".css": "text/css; charset=utf-8",
+    ".svg": "image/svg+xml",
+}
+# Scripts, styles and images from this origin only (no inline script, no eval, no CDN), requests
+# to this origin only, and no framing: text a program prints can never run as script here.
+DASHBOARD_CSP = (
+    "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self'; "
+    "connect-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
+)
+
+
+@functools.cache
+def _dashboard_files() -> dict[str, tuple[bytes, str, str]]:
+    """name -> (bytes, media type, ETag) of every file of gateway/dashboard/, read once."""
+    found = {}
+    for entry in (importlib.resources.files(__package__) / "dashboard").iterdir():
+        media = DASHBOARD_TYPES.get("." + entry.name.rpartition(".")[2])
+        if media is not None and entry.is_file():
+            body = entry.read_bytes()
+            found[entry.name] = (body, media, f'"{hashlib.sha256(body).hexdigest()[:20]}"')
+    return found
+
+
+async def dashboard(request: Request) -> Response:
+    name = request.path_params.get("path", "index.html")
+    found = _dashboard_files().get(name)
+    if found is None:
+        raise NotFound(f"no dashboard file {name[:64]!r}", code="asset_not_found")
+    body, media, etag = found
+    headers = {
+        "Content-Security-Policy": DASHBOARD_CSP,
+        "X-Content-Type-Options": "nosniff",
+        "Referrer-Policy": "no-referrer",
+        "Cache-Control": "no-cache",
+        "ETag": etag,
+    }
+    if request.headers.get("if-none-match") == etag:
+        return Response(status_code=304, headers=headers)
+    return Response(body, media_type=media, headers=headers)
+
+
 # --- body size limits, before any handler reads ---------------------------------------------
 
 
@@ -450,6 +468,8 @@ class BodyLimit:
 
 
 ROUTES = [
+    Route("/", dashboard),
+    Route("/dashboard/{path}", dashboard),
     Route("/healthz", healthz),
     Route("/readyz", readyz),
     Route("/openapi.json", openapi_json),

@@ -13,9 +13,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from . import events as ev
+from . import tree
 from .config import Settings
 from .deps import Installer, InstallResult, missing_modules
-from .errors import PetriError
+from .errors import NotFound, PetriError
 from .executions import ExecutionLog
 from .models import ExecBody, Execution, Sandbox, now
 from .registry import Registry
@@ -25,6 +26,7 @@ from .workspace import Workspaces
 
 log = logging.getLogger("petri.runs")
 CODE_DIR = ".petri/code"
+SCRATCH_SECONDS = 60.0  # removing one run's scratch folder
 KILL_GRACE_SECONDS = 2.0
 INSTALL_STOP_SECONDS = 15.0  # how long a kill waits for a cancelled install to clean up
 STDERR_TAIL_BYTES = 8192
@@ -77,7 +79,17 @@ class Runs:
         self, run: Run, sandbox: Sandbox, runtime: Runtime, body: ExecBody, seconds: float
     ) -> None:
         self.live[run.execution.id] = run
-        run.task = asyncio.create_task(self._drive(run, sandbox, runtime, body, seconds))
+        run.task = asyncio.create_task(self._own(run, sandbox, runtime, body, seconds))
+
+    async def _own(
+        self, run: Run, sandbox: Sandbox, runtime: Runtime, body: ExecBody, seconds: float
+    ) -> None:
+        """`_drive`, whose ending (`_finish`) always runs; an error that escapes even its
+        handlers is logged here, never left in the task for a shutdown to trip over."""
+        try:
+            await self._drive(run, sandbox, runtime, body, seconds)
+        except Exception:
+            log.exception("execution %s: its ending failed", run.execution.id)
 
     def in_sandbox(self, sandbox_id: str) -> list[Run]:
         return [r for r in self.live.values() if r.execution.sandbox_id == sandbox_id]
@@ -196,15 +208,28 @@ class Runs:
             log.exception("execution %s failed", execution.id)
             self._end(run, "failed", ev.ERROR, {"code": "internal_error", "message": str(exc)})
         finally:
-            if body.code is not None:
-                with contextlib.suppress(PetriError):
-                    self.workspaces.get(sandbox.id).delete(f"{CODE_DIR}/{execution.id}")
-            self.live.pop(execution.id, None)
-            if run.container_id:
-                self._after(sandbox.id, run)
-            run.stopped.set()
-            with contextlib.suppress(PetriError):
-                self.registry.touch_sandbox(sandbox.id, now())
+            self._finish(run, sandbox.id, body.code is not None)
+
+    def _finish(self, run: Run, sandbox_id: str, scratch: bool) -> None:
+        """A run's ending, whatever happened before and whatever its clean-up meets: one
+        terminal event, out of `live`, `stopped` set, and the clean-up (leftover processes,
+        then the scratch folder, in a thread) scheduled. Each step is guarded on its own."""
+        eid = run.execution.id
+        if run.log.terminal is None:  # `_end` itself failed (e.g. the registry)
+            try:
+                run.log.emit(ev.ERROR, {"code": "internal_error", "message": "the run failed"})
+            except Exception:
+                log.exception("execution %s: no terminal event", eid)
+        self.live.pop(eid, None)
+        try:
+            self._after(sandbox_id, run, f"{CODE_DIR}/{eid}" if scratch else None)
+        except Exception:
+            log.exception("execution %s: clean-up not scheduled", eid)
+        run.stopped.set()
+        try:
+            self.registry.touch_sandbox(sandbox_id, now())
+        except Exception:
+            log.exception("execution %s: sandbox not touched", eid)
 
     async def _install(
         self, run: Run, sandbox: Sandbox, runtime: Runtime, deadline: float
@@ -305,29 +330,25 @@ class Runs:
         if task is not None:
             await asyncio.wait({task})
 
-    def _after(self, sandbox_id: str, run: Run) -> None:
+    def _after(self, sandbox_id: str, run: Run, scratch: str | None) -> None:
         """Once an exec ended, kill what it left behind (its group; with no other exec running
         in the sandbox, every process of the sandbox user), so a fork bomb or a stray daemon
-        cannot hold the sandbox's pids, memory or CPU. Runs after the terminal event; the
-        sandbox's next exec waits for it, only ~15 ms when nothing was left behind (the
-        container's process count, read from the host, is just the keeper's)."""
+        cannot hold the sandbox's pids, memory or CPU; then remove its `scratch` folder (in
+        a thread, bounded in time: it may hold a huge or deep tree). Runs after the terminal
+        event; the sandbox's next exec waits for it, only ~15 ms when nothing was left
+        behind (the container's process count, read from the host, is just the keeper's)."""
         previous = self._settling.get(sandbox_id)
 
         async def settle() -> None:
             if previous is not None:
                 await asyncio.wait({previous})
-            running = self.live.values()
-            busy = any(r.container_id and r.execution.sandbox_id == sandbox_id for r in running)
-            cid, eid, user = run.container_id, run.execution.id, self.settings.sandbox_user
             try:
-                if not busy and await self.runner.process_count(cid) <= KEEPER_PROCESSES:
-                    # Nothing is left but the keeper: only the exec's files in /tmp remain,
-                    # and the sandbox's next exec removes them on its way (no extra exec).
-                    self._stale.setdefault(sandbox_id, []).append(eid)
-                    return
-                await self.runner.settle(cid, eid, user, everything=not busy)
-            except PetriError as exc:
-                log.info("clean-up after %s: %s", eid, exc.message)
+                if run.container_id:
+                    await self._kill_leftovers(sandbox_id, run)
+            except Exception:
+                log.exception("clean-up after %s failed", run.execution.id)
+            if scratch is not None:
+                await self._remove_scratch(sandbox_id, scratch)
 
         task = asyncio.create_task(settle())
         self._settling[sandbox_id] = task
@@ -337,6 +358,31 @@ class Runs:
                 del self._settling[sandbox_id]
 
         task.add_done_callback(forget)
+
+    async def _kill_leftovers(self, sandbox_id: str, run: Run) -> None:
+        running = self.live.values()
+        busy = any(r.container_id and r.execution.sandbox_id == sandbox_id for r in running)
+        cid, eid, user = run.container_id, run.execution.id, self.settings.sandbox_user
+        try:
+            if not busy and await self.runner.process_count(cid) <= KEEPER_PROCESSES:
+                # Nothing is left but the keeper: only the exec's files in /tmp remain,
+                # and the sandbox's next exec removes them on its way (no extra exec).
+                self._stale.setdefault(sandbox_id, []).append(eid)
+                return
+            await self.runner.settle(cid, eid, user, everything=not busy)
+        except PetriError as exc:
+            log.info("clean-up after %s: %s", eid, exc.message)
+
+    async def _remove_scratch(self, sandbox_id: str, folder: str) -> None:
+        workspace = self.workspaces.get(sandbox_id)
+        try:
+            await tree.in_remover(workspace.delete, folder, seconds=SCRATCH_SECONDS)
+        except NotFound:
+            pass
+        except PetriError as exc:  # e.g. still being filled by a process that got away
+            log.warning("scratch folder %s kept: %s", folder, exc.message)
+        except Exception:
+            log.exception("scratch folder %s kept", folder)
 
     async def _oom_killed(
         self, sandbox_id: str, container_id: str, code: int, run: Run, timed_out: bool

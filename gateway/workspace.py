@@ -15,13 +15,13 @@ import logging
 import os
 import shutil
 import stat
-import zipfile
-import zlib
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
+from . import tree
 from .errors import BadRequest, Conflict, NotFound, PetriError, TooLarge
 
 log = logging.getLogger("petri.workspace")
@@ -31,7 +31,11 @@ MAX_COMPONENT = 255
 LIST_LIMIT = 20000
 LIST_VISITS = 200000
 LIST_DEPTH = 64
-_DIR = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+LIST_SECONDS = 20.0
+DELETE_SECONDS = 120.0  # one delete of a folder; past it, 409 `delete_incomplete`
+REMOVE_SECONDS = 600.0  # a whole workspace, once its container is gone
+STAGING = (".petri", "staging")  # uploads are staged here (gateway/uploads.py)
+_DIR = tree.DIR_FLAGS
 
 
 class QuotaExceeded(PetriError):
@@ -43,6 +47,12 @@ class FileInfo:
     path: str
     size: int
     modified_at: float
+
+
+@dataclass(frozen=True, slots=True)
+class Listing:
+    files: list[FileInfo]
+    cut: str  # why part of the tree was left out ("" when nothing was)
 
 
 def clean_path(raw: str) -> tuple[str, ...]:
@@ -75,7 +85,7 @@ class Workspace:
         self.gid = gid
 
     @contextlib.contextmanager
-    def _dir(self, parts: tuple[str, ...], *, create: bool = False) -> Iterator[int]:
+    def directory(self, parts: tuple[str, ...], *, create: bool = False) -> Iterator[int]:
         """An fd of the directory `parts`, walked without following any symlink."""
         try:
             fd = os.open(self.root, _DIR)
@@ -90,7 +100,7 @@ class Workspace:
                         raise NotFound(f"no such directory: {'/'.join(parts)}") from None
                     nxt = self._mkdir_at(fd, part, parts)
                 except OSError as exc:
-                    raise _path_error(exc, "/".join(parts)) from None
+                    raise path_error(exc, "/".join(parts)) from None
                 os.close(fd)
                 fd = nxt
             yield fd
@@ -104,25 +114,29 @@ class Workspace:
                 os.mkdir(part, 0o755, dir_fd=fd)
             nxt = os.open(part, _DIR, dir_fd=fd)
         except OSError as exc:
-            raise _path_error(exc, "/".join(parts)) from None
+            raise path_error(exc, "/".join(parts)) from None
         try:
             os.fchown(nxt, self.uid, self.gid)
         except OSError as exc:
             os.close(nxt)
-            raise _path_error(exc, "/".join(parts)) from None
+            raise path_error(exc, "/".join(parts)) from None
         return nxt
 
     def write(self, path: str, source: BinaryIO | bytes, limit: int) -> int:
         """Write one file (replacing it); return its size. Refuses to follow symlinks."""
-        parts = clean_path(path)
+        return self.write_at(clean_path(path), source, limit)
+
+    def write_at(self, parts: tuple[str, ...], source: BinaryIO | bytes, limit: int) -> int:
+        """`write` for clean parts: to a temporary name beside it, then renamed over it."""
+        path = "/".join(parts)
         data = io.BytesIO(source) if isinstance(source, bytes) else source
-        with self._dir(parts[:-1], create=True) as dfd:
+        with self.directory(parts[:-1], create=True) as dfd:
             tmp = f".petri-tmp-{os.getpid()}-{id(data)}"
             flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
             try:
                 fd = os.open(tmp, flags, 0o644, dir_fd=dfd)
             except OSError as exc:  # e.g. no inodes left
-                raise _path_error(exc, path) from None
+                raise path_error(exc, path) from None
             written = 0
             try:
                 os.fchown(fd, self.uid, self.gid)
@@ -138,128 +152,84 @@ class Workspace:
                 with contextlib.suppress(OSError):
                     os.unlink(tmp, dir_fd=dfd)
                 if isinstance(exc, OSError):
-                    raise _path_error(exc, path) from None
+                    raise path_error(exc, path) from None
                 raise
         return written
 
+    def create_at(self, parts: tuple[str, ...]) -> int:
+        """A new, empty file (its folders made as needed), open for writing: an fd."""
+        with self.directory(parts[:-1], create=True) as dfd:
+            _refuse_dir(dfd, parts[-1])
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(parts[-1], dir_fd=dfd)
+            flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+            try:
+                fd = os.open(parts[-1], flags, 0o644, dir_fd=dfd)
+            except OSError as exc:
+                raise path_error(exc, "/".join(parts)) from None
+        try:
+            os.fchown(fd, self.uid, self.gid)
+        except OSError as exc:
+            os.close(fd)
+            raise path_error(exc, "/".join(parts)) from None
+        return fd
+
     def read(self, path: str) -> tuple[BinaryIO, int]:
+        fd, size = self.open_file(path)
+        return os.fdopen(fd, "rb"), size
+
+    def open_file(self, path: str) -> tuple[int, int]:
+        """(an fd open for reading, its size): a regular file only, reached without
+        following symlinks."""
         parts = clean_path(path)
-        with self._dir(parts[:-1]) as dfd:
+        with self.directory(parts[:-1]) as dfd:
             # O_NONBLOCK: a FIFO the program planted must not block the gateway on open.
             flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK
             try:
                 fd = os.open(parts[-1], flags, dir_fd=dfd)
             except OSError as exc:
-                raise _path_error(exc, path) from None
+                raise path_error(exc, path) from None
         st = os.fstat(fd)
         if not stat.S_ISREG(st.st_mode):
             os.close(fd)
             raise BadRequest(f"{path[:80]} is not a regular file", code="not_a_file")
-        return os.fdopen(fd, "rb"), st.st_size
+        return fd, st.st_size
 
-    def delete(self, path: str) -> None:
-        parts = clean_path(path)
-        with self._dir(parts[:-1]) as dfd:
+    def delete(self, path: str, *, seconds: float = DELETE_SECONDS) -> None:
+        """Remove a file, a symlink (never followed) or a whole folder, however deep. A
+        folder that takes longer than `seconds` is 409 `delete_incomplete`."""
+        self.delete_at(clean_path(path), seconds=seconds)
+
+    def delete_at(self, parts: tuple[str, ...], *, seconds: float = DELETE_SECONDS) -> None:
+        with self.directory(parts[:-1]) as dfd:
             try:
-                st = os.stat(parts[-1], dir_fd=dfd, follow_symlinks=False)
-                if stat.S_ISDIR(st.st_mode):
-                    _rmtree_at(dfd, parts[-1])
-                else:
-                    os.unlink(parts[-1], dir_fd=dfd)
+                tree.remove(dfd, parts[-1], seconds=seconds)
             except OSError as exc:
-                raise _path_error(exc, path) from None
+                raise path_error(exc, "/".join(parts)) from None
 
-    def listing(self) -> list[FileInfo]:
+    def listing(self) -> Listing:
         """Regular files, walked by directory fd without following symlinks (the program may
         swap a directory for a symlink to a host path at any moment). Bounded: at most
-        `LIST_LIMIT` files, `LIST_VISITS` entries and `LIST_DEPTH` levels. A name that is not
-        valid UTF-8 is listed with U+FFFD for its bad bytes."""
+        `LIST_LIMIT` files, `LIST_VISITS` entries, `LIST_DEPTH` levels and `LIST_SECONDS`;
+        `cut` says what was left out. A name that is not valid UTF-8 is listed with U+FFFD
+        for its bad bytes. Uploads being staged are not listed."""
         found: list[FileInfo] = []
-        visits = [LIST_VISITS]
-        with self._dir(()) as root:
-            _walk(root, "", 0, found, visits)
-        return sorted(found, key=lambda f: f.path)
-
-    def extract_zip(self, source: BinaryIO, *, max_members: int, max_bytes: int) -> list[str]:
-        """Extract a zip preserving folders. Every member is checked before anything is written."""
-        try:
-            archive = zipfile.ZipFile(source)
-        except (zipfile.BadZipFile, OSError, ValueError):
-            raise BadRequest("the upload is not a valid zip file", code="invalid_zip") from None
-        with archive:
-            members = archive.infolist()
-            if len(members) > max_members:
-                raise TooLarge(
-                    f"the zip holds {len(members)} members; at most {max_members}",
-                    code="zip_too_many_members",
-                )
-            total = sum(m.file_size for m in members)
-            if total > max_bytes:
-                raise TooLarge(
-                    f"the zip expands to {total} bytes; at most {max_bytes}", code="zip_too_large"
-                )
-            for m in members:
-                mode = m.external_attr >> 16
-                if stat.S_ISLNK(mode):
-                    raise BadRequest(
-                        f"zip member {m.filename[:80]!r} is a symlink", code="zip_symlink"
-                    )
-                try:
-                    clean_path(m.filename)
-                except BadRequest as exc:
-                    raise BadRequest(
-                        f"zip member {m.filename[:80]!r}: {exc.message}", code="zip_unsafe_path"
-                    ) from None
-            written = []
-            for m in members:
-                if m.is_dir():
-                    with self._dir(clean_path(m.filename), create=True):
-                        pass
-                    continue
-                try:
-                    with archive.open(m) as src:
-                        self.write(m.filename, src, m.file_size)  # type: ignore[arg-type]
-                except (zipfile.BadZipFile, zlib.error, EOFError, NotImplementedError) as exc:
-                    raise BadRequest(
-                        f"zip member {m.filename[:80]!r} cannot be read: {exc}", code="invalid_zip"
-                    ) from None
-                except RuntimeError as exc:  # encrypted: zipfile wants a password
-                    raise BadRequest(
-                        f"zip member {m.filename[:80]!r}: {exc}", code="invalid_zip"
-                    ) from None
-                written.append("/".join(clean_path(m.filename)))
-            return written
+        with self.directory(()) as root:
+            deadline = time.monotonic() + LIST_SECONDS
+            walk = tree.Walk(root, LIST_DEPTH, LIST_VISITS, skip=_unlisted, deadline=deadline)
+            for entry in walk:
+                if stat.S_ISREG(entry.stat.st_mode):
+                    found.append(FileInfo(entry.path, entry.stat.st_size, entry.stat.st_mtime))
+                    if len(found) >= LIST_LIMIT:
+                        walk.cut = f"more than {LIST_LIMIT} files"
+                        break
+        found.sort(key=lambda f: f.path)
+        return Listing(found, walk.cut)
 
 
-def _walk(dfd: int, rel: str, depth: int, found: list[FileInfo], visits: list[int]) -> None:
-    try:
-        with os.scandir(dfd) as it:
-            entries = sorted(it, key=lambda e: e.name)
-    except OSError:
-        return
-    for entry in entries:
-        if len(found) >= LIST_LIMIT or visits[0] <= 0:
-            return
-        visits[0] -= 1
-        if entry.name == "lost+found" and not rel:
-            continue
-        name = entry.name.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
-        path = f"{rel}/{name}" if rel else name
-        try:
-            st = entry.stat(follow_symlinks=False)
-        except OSError:
-            continue
-        if stat.S_ISREG(st.st_mode):
-            found.append(FileInfo(path, st.st_size, st.st_mtime))
-        elif stat.S_ISDIR(st.st_mode) and depth < LIST_DEPTH:
-            try:
-                fd = os.open(entry.name, _DIR, dir_fd=dfd)
-            except OSError:
-                continue  # gone, or swapped for a symlink since the scan
-            try:
-                _walk(fd, path, depth + 1, found, visits)
-            finally:
-                os.close(fd)
+def _unlisted(entry: tree.Entry) -> bool:
+    """Folders the listing does not enter: the image's lost+found, uploads being staged."""
+    return entry.path in ("lost+found", "/".join(STAGING))
 
 
 def _refuse_dir(dfd: int, name: str) -> None:
@@ -268,21 +238,7 @@ def _refuse_dir(dfd: int, name: str) -> None:
             raise Conflict(f"{name} is a directory", code="is_a_directory")
 
 
-def _rmtree_at(dfd: int, name: str) -> None:
-    fd = os.open(name, _DIR, dir_fd=dfd)
-    try:
-        for entry in os.listdir(fd):
-            st = os.stat(entry, dir_fd=fd, follow_symlinks=False)
-            if stat.S_ISDIR(st.st_mode):
-                _rmtree_at(fd, entry)
-            else:
-                os.unlink(entry, dir_fd=fd)
-    finally:
-        os.close(fd)
-    os.rmdir(name, dir_fd=dfd)
-
-
-def _path_error(exc: OSError, path: str) -> PetriError:
+def path_error(exc: OSError, path: str) -> PetriError:
     short = path[:80]
     if exc.errno == errno.ENOENT:
         return NotFound(f"no such file: {short}")
@@ -336,7 +292,7 @@ class Workspaces:
         path, image = self.root / sandbox_id, self._images / f"{sandbox_id}.ext4"
         if os.path.ismount(path):
             await _run("umount", "-l", str(path))
-        await asyncio.to_thread(shutil.rmtree, path, True)
+        await tree.in_remover(_remove_tree, self.root, sandbox_id)
         with contextlib.suppress(FileNotFoundError):
             image.unlink()
 
@@ -369,6 +325,21 @@ class Workspaces:
         lost = path / "lost+found"
         if lost.is_dir():
             lost.rmdir()
+
+
+def _remove_tree(root: Path, name: str) -> None:
+    """A whole workspace, however deep, without following a link. Failures are logged:
+    the sandbox goes anyway."""
+    try:
+        fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)  # ours: may be a link
+        try:
+            tree.remove(fd, name, seconds=REMOVE_SECONDS)
+        finally:
+            os.close(fd)
+    except FileNotFoundError:
+        pass
+    except (OSError, PetriError) as exc:
+        log.warning("workspace %s was not fully removed: %s", name, exc)
 
 
 async def _run(*argv: str) -> None:

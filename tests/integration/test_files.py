@@ -4,14 +4,16 @@ from __future__ import annotations
 
 import io
 import os
+import time
 import zipfile
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 
-from tests.conftest import Gateway
+from tests.conftest import Gateway, running_gateway
 
 pytestmark = pytest.mark.docker
 
@@ -235,3 +237,189 @@ def test_file_errors_are_clear(client: httpx.Client, sandbox: dict[str, Any]) ->
     r = client.post(f"/v1/sandboxes/{sid}/files", data={"other": "x"})
     assert r.status_code == 400 and r.json()["error"]["code"] == "no_files"
     assert client.get("/v1/sandboxes/sb-nope/files").status_code == 404
+
+
+# --- uploads are all or nothing ------------------------------------------------------------
+
+
+def _listing(client: httpx.Client, sid: str) -> dict[str, bytes]:
+    """Every file of the workspace (as the program sees it, hidden ones included) and its
+    bytes."""
+    out = run(client, sid, "find . -mindepth 1 | sort")["stdout"].split()
+    files = {}
+    for path in out:
+        got = client.get(f"/v1/sandboxes/{sid}/files/{path[2:]}")
+        files[path[2:]] = got.content if got.status_code == 200 else b"<dir>"
+    return files
+
+
+def _seed(client: httpx.Client, sid: str) -> dict[str, bytes]:
+    for name, data in (("one.txt", b"original one"), ("keep/two.txt", b"original two")):
+        assert client.put(f"/v1/sandboxes/{sid}/files/{name}", content=data).status_code == 201
+    return _listing(client, sid)
+
+
+def test_zip_with_a_corrupt_second_member_changes_nothing(
+    client: httpx.Client, sandbox: dict[str, Any]
+) -> None:
+    sid = sandbox["id"]
+    before = _seed(client, sid)
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", zipfile.ZIP_STORED) as z:
+        z.writestr("one.txt", b"replaced by the zip")
+        z.writestr("newdir/b.txt", b"hello world" * 100)
+    archive = bytearray(buf.getvalue())
+    at = archive.find(b"hello world")
+    archive[at : at + 5] = b"HELLO"  # the second member's CRC no longer matches
+    for r in (
+        client.post(
+            f"/v1/sandboxes/{sid}/upload",
+            content=bytes(archive),
+            headers={"Content-Type": "application/zip"},
+        ),
+        client.post(f"/v1/sandboxes/{sid}/upload", files={"file": ("a.zip", bytes(archive))}),
+    ):
+        assert r.status_code == 400 and r.json()["error"]["code"] == "invalid_zip", r.text
+    assert _listing(client, sid) == before
+    assert client.get(f"/v1/sandboxes/{sid}/files/one.txt").content == b"original one"
+
+
+def test_multipart_with_an_escaping_third_part_changes_nothing(
+    client: httpx.Client, sandbox: dict[str, Any]
+) -> None:
+    sid = sandbox["id"]
+    before = _seed(client, sid)
+    for bad in ("../x", "keep/../../x", "/abs"):
+        parts = [
+            ("file", ("one.txt", b"new one")),
+            ("file", ("newdir/deep/two.txt", b"new two")),
+            ("file", (bad, b"escape")),
+        ]
+        r = client.post(f"/v1/sandboxes/{sid}/files", files=parts)
+        assert r.status_code == 400 and r.json()["error"]["code"] == "invalid_path", r.text
+        assert _listing(client, sid) == before
+    # Without the bad part it goes in whole, and leaves nothing of its staging behind.
+    r = client.post(f"/v1/sandboxes/{sid}/files", files=parts[:2])
+    assert r.status_code == 201, r.text
+    assert _listing(client, sid) == {
+        **before,
+        "one.txt": b"new one",
+        "newdir": b"<dir>",
+        "newdir/deep": b"<dir>",
+        "newdir/deep/two.txt": b"new two",
+    }
+
+
+def test_multipart_whose_third_part_conflicts_changes_nothing(
+    client: httpx.Client, sandbox: dict[str, Any]
+) -> None:
+    """A part that would replace a folder (`keep`), or two parts that need `x` to be both a
+    file and a folder, is refused after staging: still nothing changes."""
+    sid = sandbox["id"]
+    before = _seed(client, sid)
+    for third in (("keep", b"not a folder"), ("one.txt/inner", b"under a file")):
+        parts = [
+            ("file", ("one.txt", b"new one")),
+            ("file", ("newdir/two.txt", b"new two")),
+            ("file", third),
+        ]
+        r = client.post(f"/v1/sandboxes/{sid}/files", files=parts)
+        assert r.status_code in (400, 409), r.text
+        assert _listing(client, sid) == before
+
+
+def test_an_upload_over_the_quota_changes_nothing(
+    client: httpx.Client, new_sandbox: Any
+) -> None:
+    sid = new_sandbox("python", limits={"disk_mb": 16})["id"]
+    _seed(client, sid)
+    # Fill the disk, then free 1 MB: the upload below needs ~1.8 MB.
+    fill = run(client, sid, "head -c 64M /dev/zero >fill 2>&-; truncate -s -1M fill; echo ok")
+    assert fill["stdout"] == "ok\n", fill
+    before = _listing(client, sid)
+    parts = [("file", ("one.txt", b"new one"))] + [
+        ("file", (f"big/{i}.bin", os.urandom(600 * 1024))) for i in range(3)
+    ]
+    r = client.post(f"/v1/sandboxes/{sid}/files", files=parts)
+    assert r.status_code == 413 and r.json()["error"]["code"] == "quota_exceeded", r.text
+    assert _listing(client, sid) == before
+    zipped = io.BytesIO()
+    with zipfile.ZipFile(zipped, "w", zipfile.ZIP_STORED) as z:
+        z.writestr("one.txt", b"new one")
+        for i in range(3):
+            z.writestr(f"big/{i}.bin", os.urandom(600 * 1024))
+    r = client.post(
+        f"/v1/sandboxes/{sid}/upload",
+        content=zipped.getvalue(),
+        headers={"Content-Type": "application/zip"},
+    )
+    assert r.status_code == 413 and r.json()["error"]["code"] == "quota_exceeded", r.text
+    r = client.put(f"/v1/sandboxes/{sid}/files/one.txt", content=os.urandom(1536 * 1024))
+    assert r.status_code == 413 and r.json()["error"]["code"] == "quota_exceeded", r.text
+    assert _listing(client, sid) == before
+
+
+@pytest.fixture(scope="module")
+def small_uploads(docker_ready: None) -> Iterator[Gateway]:
+    """A gateway whose uploads may be at most 64 KiB each."""
+    with running_gateway("uploads", max_upload_bytes=str(64 * 1024)) as gw:
+        yield gw
+
+
+def test_a_part_or_put_over_the_size_limit_changes_nothing(small_uploads: Gateway) -> None:
+    with small_uploads.client() as c:
+        sid = c.post("/v1/sandboxes", json={"language": "python"}).json()["id"]
+        try:
+            before = _seed(c, sid)
+            parts = [
+                ("file", ("one.txt", b"new one")),
+                ("file", ("newdir/two.txt", b"new two")),
+                ("file", ("three.bin", b"x" * (64 * 1024 + 1))),
+            ]
+            r = c.post(f"/v1/sandboxes/{sid}/files", files=parts)
+            assert r.status_code == 413 and r.json()["error"]["code"] == "too_large", r.text
+            assert _listing(c, sid) == before
+            r = c.put(f"/v1/sandboxes/{sid}/files/newdir/sub/big.bin", content=b"x" * 70000)
+            assert r.status_code == 413, r.text
+            r = c.put(f"/v1/sandboxes/{sid}/files/one.txt", content=b"x" * 70000)
+            assert r.status_code == 413, r.text
+            assert _listing(c, sid) == before
+        finally:
+            c.delete(f"/v1/sandboxes/{sid}")
+
+
+# --- reading a file that a program is writing ----------------------------------------------
+
+
+def test_download_of_a_file_being_written_is_always_well_formed(
+    client: httpx.Client, sandbox: dict[str, Any]
+) -> None:
+    """A program appends to a file (and now and then empties it) while a client downloads it
+    in a loop: every response is well-formed, never more than the file held when opened."""
+    sid = sandbox["id"]
+    writer = client.post(
+        f"/v1/sandboxes/{sid}/exec",
+        json={
+            "command": (
+                ": > grow.bin; end=$((SECONDS+6)); i=0; while [ $SECONDS -lt $end ]; do "
+                "head -c 65536 /dev/zero >> grow.bin; i=$((i+1)); "
+                "[ $((i % 40)) = 0 ] && : > grow.bin; done; echo done"
+            ),
+            "wait": False,
+        },
+    )
+    assert writer.status_code == 202, writer.text
+    deadline = time.monotonic() + 20
+    while client.get(f"/v1/sandboxes/{sid}/files/grow.bin").status_code == 404:
+        assert time.monotonic() < deadline, "the writer never started"
+        time.sleep(0.05)
+    deadline = time.monotonic() + 4
+    sizes = []
+    while time.monotonic() < deadline:
+        r = client.get(f"/v1/sandboxes/{sid}/files/grow.bin")  # never a protocol error
+        assert r.status_code == 200, r.text
+        assert r.content == b"\0" * len(r.content)
+        if "content-length" in r.headers:
+            assert int(r.headers["content-length"]) == len(r.content)
+        sizes.append(len(r.content))
+    assert len(sizes) > 10 and max(sizes) > 0, sizes

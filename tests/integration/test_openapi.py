@@ -148,6 +148,8 @@ def test_real_responses_match_the_document(
     check("GET", "/healthz", 200)
     check("GET", "/readyz", 200)
     check("GET", "/openapi.json", 200)
+    check("GET", "/", 200)
+    check("GET", "/dashboard/{path}", 200, path={"path": "app.js"})
     sb = check("POST", "/v1/sandboxes", 201, json={"language": "python"}).json()
     p = {"sid": sb["id"]}
     try:

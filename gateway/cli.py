@@ -15,6 +15,7 @@ import contextlib
 import json
 import logging
 import os
+import re
 import shlex
 import sys
 import time
@@ -85,6 +86,15 @@ def _fail(message: str, code: int = 1) -> NoReturn:
     sys.exit(code)
 
 
+_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
+
+
+def _plain(text: str) -> str:
+    """Text from the gateway or a program shown in Petri's own lines: control characters
+    (terminal escapes that could fake a line, retitle or reprogram the terminal) become `?`."""
+    return _CONTROL.sub("?", text)
+
+
 def _write(stream: IO[str], text: str) -> None:
     stream.write(text)
     stream.flush()
@@ -125,23 +135,25 @@ class Printer:
             elif event.killed:
                 _note("petri: the run was killed", "yellow")
         elif isinstance(event, ErrorEvent):
-            _note(f"petri: {event.code}: {event.message}", "red")
+            _note(_plain(f"petri: {event.code}: {event.message}"), "red")
 
 
 def _summary(report: TestReport) -> None:
     for case in report.failures:
         where = f"{case.suite}::{case.name}" if case.suite else case.name
-        _note(f"FAILED {where}", "red")
+        _note(_plain(f"FAILED {where}"), "red")
         if case.message:
-            _note("    " + case.message.strip().replace("\n", "\n    ")[:2000], dim=True)
+            lines = case.message.strip()[:2000].splitlines()
+            _note("\n".join("    " + _plain(line) for line in lines), dim=True)
     if report.passed is None:
-        _note(f"tests: {report.message or 'no report'}", "yellow")
+        _note(_plain(f"tests: {report.message or 'no report'}"), "yellow")
         return
     parts = [f"{report.passed} passed", f"{report.failed} failed", f"{report.skipped} skipped"]
     if report.errors:
         parts.append(f"{report.errors} errors")
     took = f", {report.duration_ms / 1000:.1f} s" if report.duration_ms is not None else ""
-    _note(f"tests: {', '.join(parts)} ({report.runner}{took})", "green" if report.ok else "red")
+    summary = f"tests: {', '.join(parts)} ({report.runner}{took})"
+    _note(_plain(summary), "green" if report.ok else "red")
 
 
 # --- the command group -------------------------------------------------------------------------
@@ -152,7 +164,7 @@ class _Group(click.Group):
         try:
             return super().invoke(ctx)
         except PetriError as exc:  # one clear line: no traceback for the gateway's answers
-            text = exc.message if exc.code in _PLAIN else f"{exc.code}: {exc.message}"
+            text = _plain(exc.message if exc.code in _PLAIN else f"{exc.code}: {exc.message}")
             runs = isinstance(ctx.obj, dict) and ctx.obj.get("runs")  # set by run and exec
             _fail(text, PETRI_FAILED if runs else 1)
         except KeyboardInterrupt:

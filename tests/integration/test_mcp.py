@@ -210,3 +210,33 @@ def test_http_refuses_a_foreign_host_header(gateway: Gateway) -> None:
         headers={**headers, "Host": f"localhost:{port}"},
     )
     assert own.status_code != 421 and own.status_code < 500, own.text
+
+
+async def test_a_flood_cannot_fill_the_model_context(gateway: Gateway) -> None:
+    """3 MB of output: the result keeps head and tail of each stream (32,000 characters),
+    progress stops after its budget with one notice; stdout and stderr stay apart."""
+    sizes: list[int] = []
+
+    async def progress(value: float, total: float | None, message: str | None) -> None:
+        sizes.append(len(message or ""))
+
+    async with Client(f"{gateway.url}/mcp") as client:
+        sid = (await call(client, "create_sandbox", language="python"))["sandbox_id"]
+        try:
+            result = await client.call_tool(
+                "run_code",
+                {
+                    "sandbox_id": sid,
+                    "code": "import sys\nsys.stdout.write('a' * 3_000_000)\n"
+                    "sys.stdout.write('END')\nsys.stderr.write('e' * 50_000)\n",
+                },
+                progress_callback=progress,
+            )
+        finally:
+            await call(client, "delete_sandbox", sandbox_id=sid)
+    out = dict(result.structured_content or {})
+    assert out["exit_code"] == 0 and out["output_shortened"] is True
+    assert len(out["stdout"]) < 33_000 and out["stdout"].endswith("END")
+    assert "characters left out" in out["stdout"] and "aaa" not in out["stderr"]
+    assert out["stderr"].startswith("e" * 5000) and out["stderr"].endswith("e" * 5000)
+    assert sum(sizes) < 300_000 + 100 * len(sizes), sum(sizes)

@@ -319,3 +319,19 @@ def test_the_sdk_imports_nothing_from_the_gateway() -> None:
         [sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT
     )
     assert done.stdout.strip() == "[]"
+
+
+def test_docs_sdk_names_every_public_name_and_method() -> None:
+    doc = (ROOT / "docs" / "sdk.md").read_text()
+    missing = [name for name in petri_sdk.__all__ if f"`{name}" not in doc]
+    assert not missing, f"docs/sdk.md lacks {missing}"
+    for cls, prefix in (
+        (Sandbox, "sb."),
+        (petri_sdk.Files, "files."),
+        (petri_sdk.Services, "services."),
+    ):
+        for name in _public(cls):
+            if name in ("create", "connect", "list") and cls is Sandbox:
+                assert f"Sandbox.{name}" in doc, name
+            elif name != "__enter__":
+                assert f"{prefix}{name}" in doc, f"{prefix}{name}"

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import os
+import re
 import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -13,6 +14,9 @@ from typing import Any
 
 from .egress import SOCKET_PATH_MAX, parse_allowlist
 
+_PUBLIC_URL = re.compile(r"^https?://[^/?#\s]+(/[^?#\s]*)?$")
+_LABEL = r"[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?"
+_DOMAIN = re.compile(rf"^(?=.{{1,190}}$)({_LABEL}\.)*{_LABEL}$")
 DEFAULT_CA_BUNDLE = "/etc/ssl/certs/ca-certificates.crt"
 DEFAULT_EGRESS_ALLOW = (
     "pypi.org,files.pythonhosted.org,registry.npmjs.org,proxy.golang.org,sum.golang.org,"
@@ -170,6 +174,20 @@ class Settings:
         ),
     )
     log_level: str = field(default="info", metadata=_meta("uvicorn log level"))
+    public_url: str = field(
+        default="",
+        metadata=_meta("base of preview URLs; empty: `http://{host}:{port}` of `petri serve`"),
+    )
+    preview_domain: str = field(
+        default="",
+        metadata=_meta("with a wildcard DNS name, `{token}.{domain}` serves previews too"),
+    )
+    preview_ttl_seconds: int = field(
+        default=3600, metadata=_meta("default life of a service and its preview URL")
+    )
+    max_services_per_sandbox: int = field(
+        default=4, metadata=_meta("services running at once in one sandbox; more is 429")
+    )
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
@@ -207,6 +225,7 @@ class Settings:
             "output_budget_bytes",
             "max_body_bytes",
             "install_timeout_seconds",
+            "preview_ttl_seconds",
         )
         for name in positive:
             if not getattr(self, name) > 0:
@@ -218,6 +237,7 @@ class Settings:
             ("pids_limit", "max_pids_limit"),
             ("exec_timeout_seconds", "max_exec_timeout_seconds"),
             ("disk_mb", "max_disk_mb"),
+            ("preview_ttl_seconds", "max_ttl_seconds"),
         )
         for low, high in pairs:
             if getattr(self, low) > getattr(self, high):
@@ -239,6 +259,10 @@ class Settings:
             )
         if self.ca_bundle and not Path(self.ca_bundle).is_file():
             raise SettingsError(f"PETRI_CA_BUNDLE {self.ca_bundle!r} is not a file")
+        if self.public_url and not _PUBLIC_URL.match(self.public_url):
+            raise SettingsError("PETRI_PUBLIC_URL must be an http(s) URL without a query")
+        if self.preview_domain and not _DOMAIN.match(self.preview_domain):
+            raise SettingsError("PETRI_PREVIEW_DOMAIN must be a DNS name like preview.example.com")
         if not (self.runtimes_dir / "python").is_dir():
             raise SettingsError(f"PETRI_RUNTIMES_DIR {str(self.runtimes_dir)!r} holds no runtimes")
 

@@ -55,3 +55,9 @@ class RunnerError(PetriError):
     """Docker answered, but not as needed (image missing, container gone, ...)."""
 
     status, code = 502, "runner_error"
+
+
+class BadGateway(PetriError):
+    """A sandbox's service did not answer (exited, not listening, broke the connection)."""
+
+    status, code = 502, "bad_gateway"

@@ -230,6 +230,18 @@ class ExecutionLog:
         for kind, text in self.budget.tail():
             self.emit(kind, {"text": text})
 
+    def recent_output(self, limit: int = 4000) -> str:
+        """The last `limit` characters of stdout and stderr still in memory (for messages)."""
+        parts: list[str] = []
+        size = 0
+        for event in reversed(self._window):
+            if event.type in ev.OUTPUT:
+                parts.append(event.data["text"])
+                size += len(event.data["text"])
+                if size >= limit:
+                    break
+        return "".join(reversed(parts))[-limit:]
+
     def flush(self) -> None:
         """Commit pending events in one transaction, then let followers see them."""
         if self._flush_handle is not None:

@@ -266,6 +266,10 @@ class FileEntry(_Doc):
 
 class FileListing(_Doc):
     files: list[FileEntry]
+    truncated: bool = Field(
+        description="true when a bound (depth, entries, time) cut the listing short"
+    )
+    note: str | None = Field(default=None, description="what was left out, when truncated")
 
 
 class WrittenFile(_Doc):
@@ -389,6 +393,11 @@ class ExitData(_Doc):
     )
 
 
+class ReadyData(_Doc):
+    port: int = Field(description="the service's port")
+    after_ms: int = Field(description="milliseconds from the program's start to its first answer")
+
+
 # The `data` of each event type (DESIGN.md §4); `install`, `stdout`, `stderr` carry text.
 EVENT_DATA: dict[str, type[BaseModel]] = {
     "start": StartData,
@@ -398,6 +407,7 @@ EVENT_DATA: dict[str, type[BaseModel]] = {
     "truncated": TruncatedData,
     "exit": ExitData,
     "error": ErrorDetail,
+    "ready": ReadyData,
 }
 
 
@@ -416,3 +426,93 @@ def parse(model: type[M], data: Any) -> M:
 
 def schema(model: type[BaseModel]) -> dict[str, Any]:
     return model.model_json_schema(ref_template="#/components/schemas/{model}")
+
+
+# --- serve mode ------------------------------------------------------------------------------
+
+ServiceStatus = Literal["starting", "ready", "exited", "stopped"]
+LIVE_SERVICE: tuple[ServiceStatus, ...] = ("starting", "ready")
+
+
+@dataclass(slots=True)
+class Service:
+    """A long-running process in a sandbox, reached through its preview URL. The URL's token
+    is a capability: only its sha256 is kept (`token_hash`; empty once revoked)."""
+
+    id: str
+    sandbox_id: str
+    execution_id: str
+    command: str
+    port: int
+    ready_path: str
+    expires_at: float
+    token_hash: str
+    status: ServiceStatus = "starting"
+    created_at: float = field(default_factory=now)
+    ready_at: float | None = None
+    ended_at: float | None = None
+
+    @property
+    def live(self) -> bool:
+        return self.status in LIVE_SERVICE
+
+    def public(self, preview_url: str | None, preview_host_url: str | None) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "sandbox_id": self.sandbox_id,
+            "command": self.command,
+            "port": self.port,
+            "ready_path": self.ready_path,
+            "status": self.status,
+            "preview_url": preview_url,
+            "preview_host_url": preview_host_url,
+            "expires_at": iso(self.expires_at),
+            "execution_id": self.execution_id,
+            "created_at": iso(self.created_at),
+            "ready_at": iso(self.ready_at),
+            "ended_at": iso(self.ended_at),
+        }
+
+
+class ServiceBody(_Body):
+    command: str = Field(min_length=1, max_length=65536)
+    port: int = Field(ge=1, le=65535)
+    # an origin-form request target: printable ASCII, no spaces
+    ready_path: str = Field(default="/", min_length=1, max_length=2048, pattern=r"^/[!-~]*$")
+    ready_timeout_seconds: int = Field(default=30, ge=1, le=3600)
+    preview_ttl_seconds: int | None = Field(default=None, ge=1)
+
+    @field_validator("command")
+    @classmethod
+    def _no_nul(cls, value: str) -> str:
+        if "\x00" in value:
+            raise ValueError("must not hold NUL bytes")
+        return value
+
+
+class ServiceOut(_Doc):
+    id: str = Field(examples=["sv-0123456789abcdef"])
+    sandbox_id: str
+    command: str
+    port: int
+    ready_path: str
+    status: ServiceStatus = Field(
+        description="`starting` -> `ready` -> `exited` (by itself, never ready, or a gateway "
+        "restart) or `stopped` (`DELETE`, a kill, or its preview expired)"
+    )
+    preview_url: str | None = Field(
+        description="`{PETRI_PUBLIC_URL}/preview/{token}/`: a capability; null once revoked or "
+        "after a gateway restart"
+    )
+    preview_host_url: str | None = Field(
+        description="`{token}.{PETRI_PREVIEW_DOMAIN}`, when that is set"
+    )
+    expires_at: Stamp
+    execution_id: str = Field(description="its output: that execution's event stream")
+    created_at: Stamp
+    ready_at: Stamp | None
+    ended_at: Stamp | None
+
+
+class ServiceList(_Doc):
+    services: list[ServiceOut]

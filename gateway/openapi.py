@@ -24,6 +24,9 @@ from .models import (
     Ready,
     SandboxOut,
     SandboxPage,
+    ServiceBody,
+    ServiceList,
+    ServiceOut,
     WrittenFile,
     WrittenFiles,
     schema,
@@ -46,6 +49,9 @@ MODELS: tuple[type[BaseModel], ...] = (
     Packages,
     Health,
     Ready,
+    ServiceBody,
+    ServiceOut,
+    ServiceList,
     *EVENT_DATA.values(),
 )
 MAX_ID = 2**63 - 1  # event ids and other counters are SQLite integers
@@ -56,7 +62,7 @@ REASONS = {
     413: "the body, file or zip is too large, or the workspace quota is full",
     415: "the body is not JSON (send `Content-Type: application/json`)",
     422: "invalid or unknown field, or a value over a limit",
-    429: "over a limit (e.g. `PETRI_MAX_SANDBOXES`)",
+    429: "over a limit (e.g. `PETRI_MAX_SANDBOXES`, `PETRI_MAX_SERVICES_PER_SANDBOX`)",
     502: "Docker answered, but not as needed (e.g. a runtime image is missing)",
     503: "Docker is unavailable, or the gateway is shutting down",
 }
@@ -72,6 +78,7 @@ STREAM = """Server-Sent Events. Each event has an `id:` (1, 2, 3, ... per execut
 | `truncated` | `TruncatedData` | the output budget was reached; the tail is kept |
 | `exit` | `ExitData` | terminal: the program ended |
 | `error` | `ErrorDetail` | terminal: the gateway could not run it |
+| `ready` | `ReadyData` | a service answers HTTP on its port (serve mode) |
 
 Exactly one terminal event (`exit` or `error`) ends the stream. While nothing is sent, a \
 keep-alive comment line (`: keep-alive`, no blank line after it) comes every \
@@ -140,8 +147,15 @@ def _limit(default: int, most: int) -> dict[str, Any]:
     }
 
 
+# Not an API route (no key, any method, the service's own answers): described, not listed.
+PREVIEW = (
+    "A service's `preview_url` (`/preview/{token}/...`, and `{token}.{PETRI_PREVIEW_DOMAIN}` "
+    "when set) proxies every method and WebSockets to the service: 404 unknown or revoked "
+    "token, 410 expired, 502 not answering."
+)
 SID = _path("sid", "sandbox id")
 EID = _path("eid", "execution id")
+SVID = _path("svid", "service id")
 PATH = _path("path", "a relative path in the workspace")
 AFTER_ID = {"type": "integer", "minimum": 0, "maximum": MAX_ID}
 
@@ -401,13 +415,57 @@ def document() -> dict[str, Any]:
             },
         },
     }
+    paths.update(
+        {
+            "/v1/sandboxes/{sid}/services": {
+                "parameters": [SID],
+                "post": {
+                    "summary": "start a service (serve mode): 201 at once, `status` "
+                    "`starting`; its output is the event stream of `execution_id`",
+                    "requestBody": _json_body(ServiceBody),
+                    "responses": _responses(
+                        {
+                            "201": _ok(
+                                "the new service, with its preview URL",
+                                ServiceOut,
+                                headers={
+                                    "Location": {
+                                        "description": "its URL",
+                                        "schema": {"type": "string"},
+                                    },
+                                    **EXECUTION_ID,
+                                },
+                            )
+                        },
+                        400, 404, 413, 415, 422, 429, 503,
+                    ),
+                },
+                "get": {
+                    "summary": "services of a sandbox, oldest first",
+                    "responses": _responses({"200": _ok("the services", ServiceList)}, 404),
+                },
+            },
+            "/v1/sandboxes/{sid}/services/{svid}": {
+                "parameters": [SID, SVID],
+                "get": {
+                    "summary": "one service",
+                    "responses": _responses({"200": _ok("the service", ServiceOut)}, 404),
+                },
+                "delete": {
+                    "summary": "stop a service (its processes end) and revoke its preview URL",
+                    "responses": _responses({"204": _ok("stopped")}, 404),
+                },
+            },
+        }
+    )
     return {
         "openapi": "3.1.0",
         "info": {
             "title": "Petri gateway",
             "version": "1",
             "description": "Runs untrusted code in hardened containers and streams its output "
-            "as Server-Sent Events. Errors are `{\"error\": {\"code\", \"message\"}}`.",
+            "as Server-Sent Events. Errors are `{\"error\": {\"code\", \"message\"}}`. "
+            + PREVIEW,
         },
         "paths": paths,
         "components": {"schemas": schemas},

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from .events import Event
-from .models import Execution, Limits, Sandbox
+from .models import Execution, Limits, Sandbox, Service
 
 log = logging.getLogger("petri.registry")
 
@@ -62,6 +62,22 @@ CREATE TABLE IF NOT EXISTS events (
     data TEXT NOT NULL,
     PRIMARY KEY (execution_id, id)
 ) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS services (
+    id TEXT PRIMARY KEY,
+    sandbox_id TEXT NOT NULL,
+    execution_id TEXT NOT NULL,
+    command TEXT NOT NULL,
+    port INTEGER NOT NULL,
+    ready_path TEXT NOT NULL,
+    expires_at REAL NOT NULL,
+    token_hash TEXT NOT NULL,
+    status TEXT NOT NULL,
+    created_at REAL NOT NULL,
+    ready_at REAL,
+    ended_at REAL
+);
+CREATE INDEX IF NOT EXISTS services_by_sandbox ON services (sandbox_id, created_at);
+CREATE INDEX IF NOT EXISTS services_by_token ON services (token_hash) WHERE token_hash != '';
 CREATE TABLE IF NOT EXISTS kv (
     scope TEXT NOT NULL,
     key TEXT NOT NULL,
@@ -214,6 +230,7 @@ class Registry:
             )
             self._db.execute("DELETE FROM executions WHERE sandbox_id = ?", (sandbox_id,))
             self._db.execute("DELETE FROM kv WHERE scope = ?", (sandbox_id,))
+            self._db.execute("DELETE FROM services WHERE sandbox_id = ?", (sandbox_id,))
             self._db.execute("DELETE FROM sandboxes WHERE id = ?", (sandbox_id,))
 
     # --- executions --------------------------------------------------------------------------
@@ -312,6 +329,76 @@ class Registry:
             "SELECT value FROM kv WHERE scope = ? AND key = ?", (scope, key)
         ).fetchone()
         return json.loads(row[0]) if row else None
+
+    # --- services (serve mode) ---------------------------------------------------------------
+
+    def put_service(self, s: Service) -> None:
+        self._db.execute(
+            f"INSERT OR REPLACE INTO services ({_SERVICE_COLUMNS}) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (
+                s.id,
+                s.sandbox_id,
+                s.execution_id,
+                s.command,
+                s.port,
+                s.ready_path,
+                s.expires_at,
+                s.token_hash,
+                s.status,
+                s.created_at,
+                s.ready_at,
+                s.ended_at,
+            ),
+        )
+
+    def update_service(self, s: Service) -> None:
+        """Write a service's status and times back (a no-op once its sandbox is deleted)."""
+        self._db.execute(
+            "UPDATE services SET status = ?, ready_at = ?, ended_at = ? WHERE id = ?",
+            (s.status, s.ready_at, s.ended_at, s.id),
+        )
+
+    def revoke_service(self, service_id: str) -> None:
+        """Forget the preview token's hash: its URL is unknown (404) from now on."""
+        self._db.execute("UPDATE services SET token_hash = '' WHERE id = ?", (service_id,))
+
+    def get_service(self, sandbox_id: str, service_id: str) -> Service | None:
+        row = self._db.execute(
+            f"SELECT {_SERVICE_COLUMNS} FROM services WHERE id = ? AND sandbox_id = ?",
+            (service_id, sandbox_id),
+        ).fetchone()
+        return Service(*row) if row else None
+
+    def service_by_token(self, token_hash: str) -> Service | None:
+        row = self._db.execute(
+            f"SELECT {_SERVICE_COLUMNS} FROM services WHERE token_hash = ? AND token_hash != ''",
+            (token_hash,),
+        ).fetchone()
+        return Service(*row) if row else None
+
+    def service_exists(self, service_id: str) -> bool:
+        row = self._db.execute("SELECT 1 FROM services WHERE id = ?", (service_id,)).fetchone()
+        return row is not None
+
+    def list_services(self, sandbox_id: str) -> list[Service]:
+        rows = self._db.execute(
+            f"SELECT {_SERVICE_COLUMNS} FROM services WHERE sandbox_id = ? ORDER BY created_at",
+            (sandbox_id,),
+        ).fetchall()
+        return [Service(*r) for r in rows]
+
+    def live_services(self) -> list[Service]:
+        rows = self._db.execute(
+            f"SELECT {_SERVICE_COLUMNS} FROM services WHERE status IN ('starting', 'ready')"
+        ).fetchall()
+        return [Service(*r) for r in rows]
+
+
+_SERVICE_COLUMNS = (
+    "id, sandbox_id, execution_id, command, port, ready_path, expires_at, token_hash, status, "
+    "created_at, ready_at, ended_at"
+)
 
 
 def _sandbox(row: Iterable[Any]) -> Sandbox:

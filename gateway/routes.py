@@ -30,10 +30,12 @@ from . import files, mcp, openapi
 from .config import Settings
 from .errors import BadRequest, NotFound, PetriError, TooLarge, UnsupportedMediaType
 from .events import Event, keepalive
-from .models import CreateSandbox, ExecBody, iso, parse
+from .models import CreateSandbox, ExecBody, Service, ServiceBody, iso, parse
+from .preview import PreviewRouter, RedactTokens
 from .runs import Run
 from .sandboxes import Sandboxes
 from .service import open_gateway
+from .services import Services, open_services
 
 log = logging.getLogger("petri.routes")
 MAX_JSON_DEPTH = 32
@@ -366,6 +368,44 @@ async def kill_execution(request: Request) -> Response:
     return JSONResponse(execution.public(), 202)
 
 
+# --- services (serve mode) --------------------------------------------------------------------
+
+
+def _services(request: Request) -> Services:
+    services: Services = request.app.state.services
+    return services
+
+
+def _service(request: Request, service: Service) -> dict[str, Any]:
+    url, host_url = _services(request).preview_urls(service, str(request.base_url))
+    return service.public(url, host_url)
+
+
+async def create_service(request: Request) -> Response:
+    body = parse(ServiceBody, await _json(request))
+    service = _services(request).create(request.path_params["sid"], body)
+    headers = {
+        "Location": f"/v1/sandboxes/{service.sandbox_id}/services/{service.id}",
+        "X-Execution-Id": service.execution_id,
+    }
+    return JSONResponse(_service(request, service), 201, headers=headers)
+
+
+async def list_services(request: Request) -> Response:
+    found = _services(request).in_sandbox(request.path_params["sid"])
+    return JSONResponse({"services": [_service(request, s) for s in found]})
+
+
+async def get_service(request: Request) -> Response:
+    service = _services(request).get(request.path_params["sid"], request.path_params["svid"])
+    return JSONResponse(_service(request, service))
+
+
+async def delete_service(request: Request) -> Response:
+    await _services(request).stop(request.path_params["sid"], request.path_params["svid"])
+    return Response(status_code=204)
+
+
 # --- health -----------------------------------------------------------------------------------
 
 
@@ -489,6 +529,10 @@ ROUTES = [
     Route("/v1/sandboxes/{sid}/executions/{eid}", get_execution, methods=["GET"]),
     Route("/v1/sandboxes/{sid}/executions/{eid}/events", execution_events, methods=["GET"]),
     Route("/v1/sandboxes/{sid}/executions/{eid}/kill", kill_execution, methods=["POST"]),
+    Route("/v1/sandboxes/{sid}/services", create_service, methods=["POST"]),
+    Route("/v1/sandboxes/{sid}/services", list_services, methods=["GET"]),
+    Route("/v1/sandboxes/{sid}/services/{svid}", get_service, methods=["GET"]),
+    Route("/v1/sandboxes/{sid}/services/{svid}", delete_service, methods=["DELETE"]),
 ]
 
 
@@ -497,8 +541,13 @@ def create_app(settings: Settings | None = None) -> Starlette:
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
-        async with open_gateway(settings) as sandboxes, mcp_sessions():
+        async with (
+            open_gateway(settings) as sandboxes,
+            open_services(sandboxes) as services,
+            mcp_sessions(),
+        ):
             app.state.sandboxes = sandboxes
+            app.state.services = services
             yield
 
     app = Starlette(
@@ -520,5 +569,13 @@ def create_app(settings: Settings | None = None) -> Starlette:
     if origins:
         app.add_middleware(CORSMiddleware, allow_origins=origins, allow_methods=["*"],
                            allow_headers=["*"], expose_headers=["X-Execution-Id"])
+    # Outermost: preview traffic (`/preview/…`, `{token}.{PETRI_PREVIEW_DOMAIN}`) goes to its
+    # service with no body limit and no CORS of the API's.
+    app.add_middleware(
+        PreviewRouter, services=lambda: app.state.services, domain=settings.preview_domain
+    )
+    for name in ("uvicorn.access", "uvicorn.error"):
+        if not any(isinstance(f, RedactTokens) for f in logging.getLogger(name).filters):
+            logging.getLogger(name).addFilter(RedactTokens())
     app.state.settings = settings
     return app

@@ -43,11 +43,30 @@ _KILL_GROUP = (
     ': > "/tmp/.petri-$0.kill" 2>/dev/null; '
     '{ read p < "/tmp/.petri-$0.pid"; } 2>/dev/null && kill -KILL -"$p" 2>/dev/null; exit 0'
 )
+# Every process of the sandbox user but PID 1 (and this helper), except the process groups of
+# the running services whose exec ids are the arguments ($@). With no service, one `kill -1`;
+# else a scan of /proc (builtins only), repeated while it finds something to kill. A service
+# whose pid file is missing (it is starting, or its program removed it) spares everything.
+_KILL_REST = (
+    'if [ $# -eq 0 ]; then kill -KILL -1 2>/dev/null; else '
+    'keep=" "; ok=1; '
+    'for e; do { read g < "/tmp/.petri-$e.pid"; } 2>/dev/null && keep="$keep$g " || ok=; done; '
+    'n=0; while [ -n "$ok" ] && [ $n -lt 8 ]; do n=$((n+1)); hit=; '
+    'for d in /proc/[0-9]*; do q=${d#/proc/}; '
+    '[ "$q" = 1 ] || [ "$q" = $$ ] && continue; '
+    '{ read s < "$d/stat"; } 2>/dev/null || continue; '
+    'set -- ${s##*) }; [ "$1" = Z ] && continue; '
+    'case "$keep" in *" $3 "*) continue;; esac; '
+    'kill -KILL "$q" 2>/dev/null && hit=1; done; '
+    '[ -n "$hit" ] || break; done; fi'
+)
+_KILL_ALL = _KILL_REST + "; exit 0"
 # After an exec ended: kill what is left of its group (and, with "all", every process of the
-# sandbox user but PID 1: daemons that left the group), then remove its pid file.
+# sandbox user but PID 1 and running services: daemons that left the group), then remove its
+# pid file.
 _SETTLE = (
     '{ read p < "/tmp/.petri-$0.pid"; } 2>/dev/null && kill -KILL -"$p" 2>/dev/null; '
-    '[ "$1" = all ] && kill -KILL -1 2>/dev/null; '
+    f'if [ "$1" = all ]; then shift; {_KILL_REST}; fi; '
     'exec rm -f "/tmp/.petri-$0.pid" "/tmp/.petri-$0.kill"'
 )
 MERGE_BYTES = 64 * 1024
@@ -335,16 +354,24 @@ class Runner:
         """SIGKILL the process group of one exec (from another exec: Docker has no API)."""
         await self._quick(container_id, ["/bin/sh", "-c", _KILL_GROUP, exec_id], user)
 
-    async def kill_all(self, container_id: str, user: str) -> None:
-        """SIGKILL every process of the sandbox user but PID 1 (escaped groups, daemons)."""
-        await self._quick(
-            container_id, ["/bin/sh", "-c", "kill -KILL -1 2>/dev/null; exit 0"], user
-        )
+    async def kill_all(self, container_id: str, user: str, spare: Sequence[str] = ()) -> None:
+        """SIGKILL every process of the sandbox user but PID 1 (escaped groups, daemons),
+        except the process groups of the execs in `spare` (running services)."""
+        await self._quick(container_id, ["/bin/sh", "-c", _KILL_ALL, "kill-all", *spare], user)
 
-    async def settle(self, container_id: str, exec_id: str, user: str, *, everything: bool) -> None:
+    async def settle(
+        self,
+        container_id: str,
+        exec_id: str,
+        user: str,
+        *,
+        everything: bool,
+        spare: Sequence[str] = (),
+    ) -> None:
         """After an exec ended: SIGKILL what is left of its process group (background jobs,
-        a fork bomb) and, with `everything`, every process of the sandbox user but PID 1."""
-        argv = ["/bin/sh", "-c", _SETTLE, exec_id, "all" if everything else "group"]
+        a fork bomb) and, with `everything`, every process of the sandbox user but PID 1 and
+        the process groups of the execs in `spare` (running services)."""
+        argv = ["/bin/sh", "-c", _SETTLE, exec_id, "all" if everything else "group", *spare]
         await self._quick(container_id, argv, user)
 
     async def process_count(self, container_id: str) -> int:

@@ -50,6 +50,10 @@ class Run:
     idle_timeout: float | None = None
     idle: bool = False  # ended by the idle-output timeout
     stderr_tail: bytearray = field(default_factory=bytearray)  # for the missing-module hint
+    # serve mode: while it runs, the clean-up after other execs spares its process group
+    service: bool = False
+    # set (by serve mode) to end the run with this `error` event instead of `exit`
+    failure: dict[str, Any] | None = None
 
 
 class Runs:
@@ -93,6 +97,14 @@ class Runs:
 
     def in_sandbox(self, sandbox_id: str) -> list[Run]:
         return [r for r in self.live.values() if r.execution.sandbox_id == sandbox_id]
+
+    def services_in(self, sandbox_id: str) -> list[str]:
+        """Execution ids of the sandbox's running services (spared by kill-alls)."""
+        return [
+            r.execution.id
+            for r in self.live.values()
+            if r.service and r.container_id and r.execution.sandbox_id == sandbox_id
+        ]
 
     def busy(self) -> set[str]:
         """Sandboxes with a running execution (which counts as activity)."""
@@ -171,6 +183,9 @@ class Runs:
             )
             execution.timed_out, execution.oom_killed = timed_out, oom
             execution.truncated = out.budget.truncated
+            if run.failure is not None and not run.interrupted:
+                self._end(run, "failed", ev.ERROR, run.failure)
+                return
             if run.interrupted:
                 self._end(
                     run,
@@ -308,9 +323,10 @@ class Runs:
         if not container_id:
             return
         user, eid = self.settings.sandbox_user, run.execution.id
+        spare = [e for e in self.services_in(run.execution.sandbox_id) if e != eid]
         steps: tuple[Callable[[], Awaitable[None]], ...] = (
             lambda: self.runner.kill_group(container_id, eid, user),
-            lambda: self.runner.kill_all(container_id, user),
+            lambda: self.runner.kill_all(container_id, user, spare),
             lambda: self.runner.kill_container(container_id),
         )
         for step in steps:
@@ -361,7 +377,11 @@ class Runs:
 
     async def _kill_leftovers(self, sandbox_id: str, run: Run) -> None:
         running = self.live.values()
-        busy = any(r.container_id and r.execution.sandbox_id == sandbox_id for r in running)
+        busy = any(
+            r.container_id and r.execution.sandbox_id == sandbox_id and not r.service
+            for r in running
+        )
+        spare = self.services_in(sandbox_id)  # running services outlive other execs
         cid, eid, user = run.container_id, run.execution.id, self.settings.sandbox_user
         try:
             if not busy and await self.runner.process_count(cid) <= KEEPER_PROCESSES:
@@ -369,7 +389,7 @@ class Runs:
                 # and the sandbox's next exec removes them on its way (no extra exec).
                 self._stale.setdefault(sandbox_id, []).append(eid)
                 return
-            await self.runner.settle(cid, eid, user, everything=not busy)
+            await self.runner.settle(cid, eid, user, everything=not busy, spare=spare)
         except PetriError as exc:
             log.info("clean-up after %s: %s", eid, exc.message)
 

@@ -23,6 +23,7 @@ from .runtimes import Runtime
 from .workspace import Workspace, Workspaces, clean_path
 
 log = logging.getLogger("petri.sandboxes")
+KILL_ANSWER_SECONDS = 5.0
 
 
 class Sandboxes:
@@ -97,8 +98,10 @@ class Sandboxes:
         """Let running execs finish within the grace period, then interrupt them."""
         self._closing = True
         runs = list(self.runs.live.values())
-        if runs:
-            done = asyncio.gather(*(r.stopped.wait() for r in runs))
+        # Services never finish by themselves: they are interrupted at once, below.
+        finishing = [r for r in runs if not r.service]
+        if finishing:
+            done = asyncio.gather(*(r.stopped.wait() for r in finishing))
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(done, self.settings.shutdown_grace_seconds)
         for run in list(self.runs.live.values()):
@@ -322,6 +325,9 @@ class Sandboxes:
             )
         run.killed = True
         await self.runs.stop(run)
+        # Answer with the ended run (a second kill is then 409), unless its ending lags.
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(run.stopped.wait(), KILL_ANSWER_SECONDS)
         return run.execution
 
     def execution(self, sandbox_id: str, execution_id: str) -> Execution:

@@ -4,6 +4,8 @@ uvicorn."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+import socket
 import sys
 from types import FrameType
 
@@ -83,6 +85,8 @@ def serve(host: str, port: int) -> int:
     except SettingsError as exc:
         print(f"petri: bad configuration: {exc}", file=sys.stderr)
         return 2
+    if not settings.public_url:
+        settings = dataclasses.replace(settings, public_url=public_url(host, port))
     # Streams end by their own terminal event on shutdown; sse-starlette must not cut them.
     AppStatus.disable_automatic_graceful_drain()  # type: ignore[no-untyped-call]
     config = uvicorn.Config(
@@ -93,9 +97,20 @@ def serve(host: str, port: int) -> int:
         timeout_graceful_shutdown=15,
         proxy_headers=False,
         http=_http_protocol(settings.header_timeout_seconds),
+        # A service's own `Server` header passes through its preview unchanged.
+        server_header=False,
     )
     _Server(config).run()
     return 0
+
+
+def public_url(host: str, port: int) -> str:
+    """Where clients reach `petri serve --host H --port P` (the default `PETRI_PUBLIC_URL`)."""
+    if host in ("0.0.0.0", "::", ""):
+        host = socket.getfqdn()
+    if ":" in host:
+        host = f"[{host}]"
+    return f"http://{host}:{port}"
 
 
 def images(names: list[str], force: bool) -> int:

@@ -195,6 +195,22 @@ class Workspace:
             raise BadRequest(f"{path[:80]} is not a regular file", code="not_a_file")
         return fd, st.st_size
 
+    def open_socket(self, path: str) -> int:
+        """An `O_PATH` fd of the Unix socket at `path`, for `connect("/proc/self/fd/<fd>")`.
+        The walk follows no symlink and the file itself must be a socket: a link planted in
+        its place (say, to the Docker socket) is refused, never connected to."""
+        parts = clean_path(path)
+        with self.directory(parts[:-1]) as dfd:
+            flags = os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC
+            try:
+                fd = os.open(parts[-1], flags, dir_fd=dfd)
+            except OSError as exc:
+                raise path_error(exc, path) from None
+        if not stat.S_ISSOCK(os.fstat(fd).st_mode):
+            os.close(fd)
+            raise BadRequest(f"{path[:80]} is not a socket", code="not_a_socket")
+        return fd
+
     def delete(self, path: str, *, seconds: float = DELETE_SECONDS) -> None:
         """Remove a file, a symlink (never followed) or a whole folder, however deep. A
         folder that takes longer than `seconds` is 409 `delete_incomplete`."""

@@ -32,6 +32,11 @@ def test_example_runs(gateway: Gateway, name: str) -> None:
         assert "hello, petri" in done.stdout and "written by the program" in done.stdout
     if name.startswith("05"):
         assert '"timed_out":true' in done.stdout and '"signal":"SIGKILL"' in done.stdout
+    if name.startswith("07"):
+        assert "status: ready" in done.stdout
+        assert "<h1>Hello from a Petri sandbox</h1>" in done.stdout
+        assert '"path": "/api/hello?name=petri"' in done.stdout
+        assert "the preview answers 404" in done.stdout and "event: ready" in done.stdout
     if name.startswith("03"):
         assert "raw HTTP replay matches" in done.stdout
     if name.startswith("10"):

@@ -193,6 +193,15 @@ def test_real_responses_match_the_document(
         events = "/v1/sandboxes/{sid}/executions/{eid}/events"
         check("GET", events, 200, path=q)
         check("GET", events, 400, path=q, params={"after": "x"})
+        services = "/v1/sandboxes/{sid}/services"
+        idle = {"command": "exec sleep 600", "port": 8000, "ready_timeout_seconds": 600}
+        service = check("POST", services, 201, path=p, json=idle).json()
+        sv = {**p, "svid": service["id"]}
+        check("GET", services, 200, path=p)
+        check("GET", services + "/{svid}", 200, path=sv)
+        check("DELETE", services + "/{svid}", 204, path=sv)
+        check("GET", services + "/{svid}", 200, path=sv)  # stopped: no preview URL any more
+        check("POST", services, 422, path=p, json={"command": "x", "port": 0})
         # Errors: the one Error schema, whatever the route.
         check("GET", "/v1/sandboxes/{sid}", 404, path={"sid": "sb-nope"})
         check("POST", "/v1/sandboxes", 422, json={"language": "python", "x": 1})

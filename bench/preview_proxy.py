@@ -1,0 +1,147 @@
+"""Preview proxy overhead: requests through a service's preview URL beside the same requests
+sent straight to the service's relay socket from the host, measured in the same run.
+
+    python bench/preview_proxy.py [--requests 300] [--mb 50] [--runs 5]
+
+Starts its own gateway (uvicorn subprocess on a free port, temporary directories), creates a
+python sandbox and runs `tests/preview_app.py` in it as a service. Then, interleaved so
+machine drift hits both alike:
+  * latency: `GET /x` (a ~40-byte JSON answer), keep-alive on both paths, p50/p95; and
+    `GET /work?ms=20`, an endpoint that takes 20 ms, as a web app's pages do;
+  * download: `GET /bytes?n=<mb>` read to the end, MB/s;
+  * upload: `POST /sink` with a <mb> body (Content-Length), MB/s.
+"Direct" is an HTTP client on the host connected to the relay's Unix socket in the workspace
+(`.petri/services/<id>.sock`): the service, its relay and nothing of the gateway.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import httpx
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from bench._report import pct, row
+from tests.conftest import cleanup_containers, make_gateway, remove_tree
+from tests.serve import start_ready
+
+MB = 1024 * 1024
+
+
+def timed_get(client: httpx.Client, url: str) -> float:
+    started = time.perf_counter()
+    r = client.get(url)
+    took = time.perf_counter() - started
+    if r.status_code != 200:
+        raise RuntimeError(f"{url}: {r.status_code} {r.text[:200]}")
+    return took
+
+
+def download(client: httpx.Client, url: str, size: int) -> float:
+    """MB/s of reading `size` bytes."""
+    started = time.perf_counter()
+    got = 0
+    with client.stream("GET", url) as r:
+        for chunk in r.iter_raw(1024 * 1024):
+            got += len(chunk)
+    took = time.perf_counter() - started
+    if got != size:
+        raise RuntimeError(f"read {got} bytes of {size}")
+    return size / MB / took
+
+
+def upload(client: httpx.Client, url: str, body: bytes) -> float:
+    """MB/s of sending `body` with a Content-Length, 1 MiB at a time (httpx copies the rest
+    of a bytes body after every partial send: a 50 MiB body in one piece measures that)."""
+    view = memoryview(body)
+    chunks = (bytes(view[at : at + MB]) for at in range(0, len(body), MB))
+    started = time.perf_counter()
+    r = client.post(url, content=chunks, headers={"Content-Length": str(len(body))})
+    took = time.perf_counter() - started
+    if r.json()["bytes"] != len(body):
+        raise RuntimeError(r.text)
+    return len(body) / MB / took
+
+
+def rate_row(name: str, values: list[float], base: list[float] | None) -> str:
+    median = statistics.median(values)
+    ratio = f"{median / statistics.median(base):5.2f}x" if base else "direct"
+    return f"{name:<46} median {median:8.1f} MB/s   min {min(values):8.1f} MB/s   {ratio}"
+
+
+def main(requests: int, mb: int, runs: int) -> None:
+    tmp = Path(tempfile.mkdtemp(prefix="petri-bench-"))
+    gw = make_gateway(tmp, log_level="warning")
+    gw.start()
+    try:
+        with gw.client() as c:
+            sid = c.post("/v1/sandboxes", json={"language": "python"}).json()["id"]
+            service = start_ready(c, sid)
+        sock = gw.workspace_root / sid / ".petri/services" / f"{service['id']}.sock"
+        preview = service["preview_url"]
+        proxied = httpx.Client(timeout=120, trust_env=False)
+        direct = httpx.Client(
+            timeout=120, trust_env=False, transport=httpx.HTTPTransport(uds=str(sock))
+        )
+        size = mb * MB
+        body = bytes(range(256)) * (size // 256)
+        for client, base in ((proxied, preview), (direct, "http://service/")):
+            for _ in range(20):  # warm up: connections, the app's threads
+                timed_get(client, base + "x")
+        lat_p: list[float] = []
+        lat_d: list[float] = []
+        work_p: list[float] = []
+        work_d: list[float] = []
+        for _ in range(requests):
+            lat_d.append(timed_get(direct, "http://service/x"))
+            lat_p.append(timed_get(proxied, preview + "x"))
+        for _ in range(max(20, requests // 5)):
+            work_d.append(timed_get(direct, "http://service/work?ms=20"))
+            work_p.append(timed_get(proxied, preview + "work?ms=20"))
+        down_p: list[float] = []
+        down_d: list[float] = []
+        up_p: list[float] = []
+        up_d: list[float] = []
+        for _ in range(runs):
+            down_d.append(download(direct, f"http://service/bytes?n={size}", size))
+            down_p.append(download(proxied, f"{preview}bytes?n={size}", size))
+            up_d.append(upload(direct, "http://service/sink", body))
+            up_p.append(upload(proxied, f"{preview}sink", body))
+        print(f"preview proxy, {requests} requests, {runs} x {mb} MiB each way")
+        print(row("GET /x direct to the relay socket", lat_d, base_label="direct"))
+        print(row("GET /x through the preview URL", lat_p, lat_d))
+        print(row("GET /work?ms=20 direct", work_d, base_label="direct"))
+        print(row("GET /work?ms=20 through the preview URL", work_p, work_d))
+        extra = (pct(lat_p, 0.5) - pct(lat_d, 0.5)) * 1000
+        print(f"the proxy adds {extra:.1f} ms per request (p50 against p50)")
+        print(rate_row(f"download {mb} MiB direct", down_d, None))
+        print(rate_row(f"download {mb} MiB through the preview URL", down_p, down_d))
+        print(rate_row(f"upload {mb} MiB direct", up_d, None))
+        print(rate_row(f"upload {mb} MiB through the preview URL", up_p, up_d))
+        lat_ratio = pct(lat_p, 0.5) / pct(lat_d, 0.5)
+        down_ratio = statistics.median(down_p) / statistics.median(down_d)
+        up_ratio = statistics.median(up_p) / statistics.median(up_d)
+        print(
+            f"targets: latency <= 1.30x ({lat_ratio:.2f}x), "
+            f"throughput >= 0.70x (down {down_ratio:.2f}x, up {up_ratio:.2f}x)"
+        )
+        proxied.close()
+        direct.close()
+    finally:
+        gw.stop()
+        cleanup_containers(tmp)
+        remove_tree(tmp)
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--requests", type=int, default=300)
+    parser.add_argument("--mb", type=int, default=50)
+    parser.add_argument("--runs", type=int, default=5)
+    args = parser.parse_args()
+    main(args.requests, args.mb, args.runs)

@@ -60,7 +60,8 @@ class AsyncServices:
                     return await self.get(service.id)
         execution = collector.result()
         why = execution.error.message if execution.error else f"exit code {execution.exit_code}"
-        exc = ServiceFailed(f"service {service.id} ended before it was ready: {why}")
+        code = execution.error.code if execution.error else "service_exited"
+        exc = ServiceFailed(f"service {service.id} ended before it was ready: {why}", code=code)
         exc.execution = execution
         raise exc
 

@@ -57,7 +57,7 @@ async def error(client: Client, tool: str, **arguments: Any) -> str:
 
 
 async def scenario(client: Client) -> None:
-    """One agent's session: every tool but the services'."""
+    """One agent's session: every tool."""
     listed = await client.list_tools()
     assert {t.name for t in listed.tools} == TOOLS
     for tool in listed.tools:
@@ -152,6 +152,27 @@ async def scenario(client: Client) -> None:
         assert eids[0] in killed["detail"]
         end = await asyncio.wait_for(running, 60)
         assert dict(end.structured_content or {})["killed"] is True
+
+        # a service: started, answering at its preview URL, stopped
+        await call(client, "write_file", sandbox_id=sid, path="index.html", content="<p>up</p>")
+        svc = await call(
+            client,
+            "start_service",
+            sandbox_id=sid,
+            command="python3 -m http.server 8000",
+            port=8000,
+            ready_path="/",
+        )
+        assert svc["status"] == "ready" and svc["service_id"].startswith("sv-")
+        async with httpx.AsyncClient(timeout=30) as http:
+            assert (await http.get(svc["preview_url"])).text == "<p>up</p>"
+            stopped = await call(
+                client, "stop_service", sandbox_id=sid, service_id=svc["service_id"]
+            )
+            assert svc["service_id"] in stopped["detail"]
+            assert (await http.get(svc["preview_url"])).status_code in (404, 410)
+        text = await error(client, "start_service", sandbox_id=sid, command="exit 1", port=8001)
+        assert "ended before it was ready" in text
 
         # errors a model can act on
         text = await error(client, "read_file", sandbox_id=sid, path="nope.txt")

@@ -12,6 +12,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 
 from petri_sdk import (
@@ -32,6 +33,8 @@ from petri_sdk import (
     QuotaExceeded,
     Sandbox,
     SandboxNotFound,
+    ServiceFailed,
+    ServiceNotFound,
     StartEvent,
     StderrEvent,
     StdoutEvent,
@@ -440,3 +443,46 @@ def test_stderr_events_are_typed(gateway: Gateway) -> None:
         events = list(sb.stream(command="echo out; echo err >&2"))
     assert sorted(type(e).__name__ for e in events[1:3]) == ["StderrEvent", "StdoutEvent"]
     assert [(e.type, e.text) for e in events if isinstance(e, StderrEvent)] == [("stderr", "err\n")]
+
+
+# --- serve mode --------------------------------------------------------------------------------
+
+SERVER = "python3 -m http.server 8000"
+
+
+def test_services_on_the_sync_twin(gateway: Gateway) -> None:
+    with Sandbox.create("python", url=gateway.url) as sb:
+        sb.files.write("index.html", "<h1>served</h1>")
+        logs: list[str] = []
+        svc = sb.services.start(SERVER, port=8000, ready_path="/", on_stderr=logs.append)
+        assert svc.status == "ready" and svc.id.startswith("sv-") and svc.port == 8000
+        assert svc.preview_url and httpx.get(svc.preview_url, timeout=30).text == "<h1>served</h1>"
+        assert [s.id for s in sb.services.list()] == [svc.id]
+        assert sb.services.get(svc.id).execution_id == svc.execution_id
+        sb.services.stop(svc)
+        assert sb.services.get(svc.id).status == "stopped"
+        assert httpx.get(svc.preview_url, timeout=30).status_code in (404, 410)
+        with pytest.raises(ServiceFailed) as exited:
+            sb.services.start("echo bye; exit 3", port=8001)
+        assert exited.value.execution is not None and exited.value.execution.stdout == "bye\n"
+        with pytest.raises(ServiceFailed) as silent:
+            sb.services.start("sleep 60", port=8002, ready_timeout=2)
+        assert silent.value.code == "service_not_ready"
+        with pytest.raises(ServiceNotFound):
+            sb.services.get("sv-0000000000000000")
+        started = sb.services.start(SERVER, port=8000, wait=False)
+        assert started.status == "starting"
+        sb.services.stop(started.id)
+
+
+async def test_services_on_the_async_twin(gateway: Gateway) -> None:
+    async with AsyncSandbox.create("python", url=gateway.url) as sb:
+        await sb.files.write("index.html", "async")
+        svc = await sb.services.start(SERVER, port=8000)
+        assert svc.preview_url is not None
+        async with httpx.AsyncClient(timeout=30) as http:
+            assert (await http.get(svc.preview_url)).text == "async"
+        assert [s.status for s in await sb.services.list()] == ["ready"]
+        assert (await sb.services.get(svc.id)).status == "ready"
+        await sb.services.stop(svc)
+        assert (await sb.services.get(svc.id)).status == "stopped"

@@ -22,6 +22,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Annotated, Any, Literal, TypeVar
 from urllib.parse import unquote
 
+import anyio
 import httpx
 from mcp.server.mcpserver import Context, MCPServer
 from mcp.server.mcpserver.exceptions import ToolError
@@ -236,6 +237,7 @@ class _Progress:
 
     def __init__(self, ctx: Context) -> None:
         self.ctx, self.count, self.sent, self.capped = ctx, 0, 0, False
+        self.execution_id = ""
 
     async def note(self, message: str) -> None:
         self.count += 1
@@ -246,6 +248,7 @@ class _Progress:
 
     async def event(self, event: Event) -> None:
         if isinstance(event, StartEvent):
+            self.execution_id = event.execution_id
             await self.note(f"started execution {event.execution_id} in {event.sandbox_id}")
             return
         if isinstance(event, StdoutEvent | StderrEvent | InstallEvent):
@@ -286,7 +289,18 @@ def build(client_for: ClientFactory) -> MCPServer:
         ],
     ) -> RunOut:
         progress = _Progress(ctx)
-        return _run_out(await on(ctx, sandbox_id, lambda sb: start(sb, progress.event)))
+
+        async def go(sb: AsyncSandbox) -> SdkExecution:
+            try:
+                return await start(sb, progress.event)
+            except asyncio.CancelledError:  # the call was cancelled: so is the run
+                if progress.execution_id:
+                    with anyio.CancelScope(shield=True), contextlib.suppress(Exception):
+                        with anyio.fail_after(10):
+                            await sb.kill(progress.execution_id)
+                raise
+
+        return _run_out(await on(ctx, sandbox_id, go))
 
     read_only = ToolAnnotations(read_only_hint=True, open_world_hint=False)
     changes = ToolAnnotations(read_only_hint=False, destructive_hint=False, open_world_hint=False)

@@ -261,3 +261,42 @@ async def test_a_flood_cannot_fill_the_model_context(gateway: Gateway) -> None:
     assert "characters left out" in out["stdout"] and "aaa" not in out["stderr"]
     assert out["stderr"].startswith("e" * 5000) and out["stderr"].endswith("e" * 5000)
     assert sum(sizes) < 300_000 + 100 * len(sizes), sum(sizes)
+
+
+@pytest.mark.parametrize("transport", ["stdio", "http"])
+async def test_a_cancelled_call_kills_its_run(gateway: Gateway, transport: str) -> None:
+    target = stdio(gateway.url) if transport == "stdio" else f"{gateway.url}/mcp"
+    eids: list[str] = []
+    up = asyncio.Event()
+
+    async def progress(value: float, total: float | None, message: str | None) -> None:
+        if message and (m := re.match(r"started execution (ex-\w+)", message)):
+            eids.append(m.group(1))
+        if message and message.startswith("stdout: up"):
+            up.set()
+
+    async with Client(target) as client:
+        sid = (await call(client, "create_sandbox", language="python"))["sandbox_id"]
+        try:
+            task = asyncio.ensure_future(
+                client.call_tool(
+                    "run_command",
+                    {"sandbox_id": sid, "command": "echo up; sleep 120"},
+                    progress_callback=progress,
+                )
+            )
+            await asyncio.wait_for(up.wait(), 60)
+            task.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await task
+            status = ""
+            async with httpx.AsyncClient(timeout=10) as http:
+                for _ in range(100):
+                    url = f"{gateway.url}/v1/sandboxes/{sid}/executions/{eids[0]}"
+                    status = (await http.get(url)).json()["status"]
+                    if status != "running":
+                        break
+                    await asyncio.sleep(0.1)
+            assert status == "killed"
+        finally:
+            await call(client, "delete_sandbox", sandbox_id=sid)

@@ -228,6 +228,11 @@ class ExecBody(_Body):
     filename: str | None = Field(default=None, min_length=1, max_length=1024)
     test: bool = False
     app: AppBody | None = None  # test mode only
+    # appended to the program's argv: after the file that `code` or `filename` runs, or as
+    # $1, $2, ... of a `command` (never through a shell: no quoting needed)
+    args: list[Annotated[str, Field(max_length=65536)]] | None = Field(
+        default=None, max_length=1024
+    )
     timeout_seconds: int | None = Field(default=None, ge=1)
     # no output (stdout or stderr) for this long: killed, `timed_out` and `idle` on `exit`
     idle_timeout_seconds: int | None = Field(default=None, ge=1)
@@ -275,6 +280,10 @@ class ExecBody(_Body):
             raise ValueError("app is for test mode (test: true); a long-running app is a service")
         if self.test and self.code is not None:
             raise ValueError("test mode runs the project's tests: give no code")
+        if self.args is not None and self.test:
+            raise ValueError("args go to a program (command, code or filename), not to test mode")
+        if self.args is not None and any("\x00" in a for a in self.args):
+            raise ValueError("args must not hold NUL bytes")
         return self
 
 

@@ -446,8 +446,12 @@ class Sandboxes:
                 paths.append(path)
             script = body.command if body.command is not None else runtime.test.runners[0].run
             return testmode.runner_argv(script, paths)
+        return [*self._program(sandbox, runtime, body, eid), *(body.args or ())]
+
+    def _program(self, sandbox: Sandbox, runtime: Runtime, body: ExecBody, eid: str) -> list[str]:
         if body.command is not None:
-            return ["/bin/bash", "-c", body.command]
+            # bash -c SCRIPT NAME ARGS...: NAME is $0, ARGS are $1, $2, ...
+            return ["/bin/bash", "-c", body.command, *(["bash"] if body.args else [])]
         if body.code is not None:
             path = f"{CODE_DIR}/{eid}/{runtime.source_file}"
             workspace = self.workspaces.get(sandbox.id)

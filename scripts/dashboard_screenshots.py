@@ -3,7 +3,7 @@
     python scripts/dashboard_screenshots.py [GATEWAY_URL]   # default $PETRI_URL or :8000
 
 Drives Debian's /usr/bin/chromium (scripts/ensure-browser.sh) with Playwright. Creates one
-sandbox, runs a few programs in it, takes the pictures and deletes the sandbox.
+sandbox, starts a service and runs a few programs in it, takes the pictures and deletes the sandbox.
 """
 
 from __future__ import annotations
@@ -52,6 +52,9 @@ def main() -> None:
             z.writestr("README.md", "# demo\n")
         api.post(f"/v1/sandboxes/{sid}/upload", content=packed.getvalue(),
                  headers={"content-type": "application/zip"})
+        # A service (serve mode), so the Services panel shows one with its preview link.
+        api.post(f"/v1/sandboxes/{sid}/services",
+                 json={"command": "python3 -m http.server 8080", "port": 8080})
         try:
             with sync_playwright() as pw:
                 browser = pw.chromium.launch(executable_path="/usr/bin/chromium", args=ARGS)

@@ -717,7 +717,7 @@ def test_start_a_service_open_its_preview_follow_its_output_and_stop_it(
     wait_ended(page)
 
 
-def test_service_fields_are_text_and_only_http_previews_become_links(
+def test_a_service_command_is_text_never_html(
     gateway: Gateway, client: httpx.Client, sandbox: dict[str, Any], page: Page
 ) -> None:
     sid = sandbox["id"]

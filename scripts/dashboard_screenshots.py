@@ -36,7 +36,10 @@ print("saved model.pkl")
 def run(page: Page, mode: str, source: str) -> None:
     page.check(f"input[name=mode][value={mode}]")
     page.fill("#source", source)
+    before = page.url
     page.click("#run")
+    # The new run's view first: the previous run's "ended" must not count as this one's.
+    page.wait_for_url(lambda u: u != before and "/executions/" in u)
     page.wait_for_selector("#run-conn[data-state=ended]", timeout=120_000)
 
 

@@ -801,6 +801,19 @@ def test_a_gateway_with_keys_asks_for_one_and_streams_with_its_token(
         replay = [(u, a) for u, a in requests if f"/executions/{done['execution_id']}/events" in u]
         assert replay and all(a == f"Bearer {key}" for _, a in replay), replay
 
+        # A run started elsewhere (an agent), opened by deep link: no token either, so it is
+        # followed live with fetch and the key.
+        with gw.client(headers=headers) as c:
+            live = c.post(f"/v1/sandboxes/{sid}/exec", json={
+                "code": "import time\nfor i in range(10):\n    print(f'agent {i}')\n"
+                        "    time.sleep(0.5)\n", "wait": False}).json()["execution_id"]
+            p.goto(f"{gw.url}/#/sandboxes/{sid}/executions/{live}")
+            expect(p.locator("#output")).to_contain_text("agent 1")
+            assert status_of(c, sid, live) == "running"
+        expect(p.locator("#run-conn")).to_have_attribute("data-state", "live")
+        wait_ended(p)
+        assert output(p) == "".join(f"agent {i}\n" for i in range(10))
+
         p.click("#forget-key")
         expect(p.locator("#key-form")).to_be_visible()
         expect(p.locator(f"#sandbox-list li[data-id={sid}]")).to_have_count(0)

@@ -396,6 +396,10 @@ def build(client_for: ClientFactory) -> MCPServer:
             str | None,
             Field(description="HTTP path probed until the app answers (default /)"),
         ] = None,
+        ready_timeout_seconds: Annotated[
+            int | None,
+            Field(ge=1, le=3600, description="seconds the app has to answer (default 30)"),
+        ] = None,
         timeout_seconds: Timeout = None,
     ) -> RunOut:
         """Run the project's tests with its language's runner (pytest; npm test or node
@@ -404,7 +408,11 @@ def build(client_for: ClientFactory) -> MCPServer:
         (passed, failed, skipped, errors, and each failure with its message)."""
         if (app_command is None) != (app_port is None):
             raise ToolError("give app_command and app_port together (or neither)")
-        app = App(app_command, app_port, ready_path) if app_command and app_port else None
+        app = (
+            App(app_command, app_port, ready_path, ready_timeout_seconds)
+            if app_command and app_port
+            else None
+        )
         return await run(
             ctx,
             sandbox_id,

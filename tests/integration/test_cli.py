@@ -101,6 +101,8 @@ def test_run_a_folder_its_main_file_and_its_tests(gateway: Gateway, project: Pat
     tested = petri("run", str(project), "--test", url=gateway.url)
     assert tested.returncode == 1, tested.stderr
     assert "test_wrong" in tested.stdout and "1 failed, 1 passed" in tested.stdout
+    assert "FAILED tests.test_calc::test_wrong" in tested.stderr
+    assert "tests: 1 passed, 1 failed, 0 skipped (pytest" in tested.stderr
     kept = petri("run", str(project), "--keep", "--", "1", "1", url=gateway.url)
     sid = re.search(r"kept sandbox (sb-\w+)", kept.stderr)
     assert kept.returncode == 0 and sid, kept.stderr

@@ -123,12 +123,23 @@ async def scenario(client: Client) -> None:
         assert returned - early > 1.5, "the output did not arrive while the tool ran"
         assert "stderr: problem\n" in messages
 
-        # the test report apart from stdout (parsed by test mode; exit code in any case)
+        # the test report apart from stdout
         tests = await call(client, "run_tests", sandbox_id=sid)
         assert tests["exit_code"] == 1 and "test_bad" in tests["stdout"]
-        if tests["tests"] is not None:
-            assert (tests["tests"]["passed"], tests["tests"]["failed"]) == (1, 1)
-            assert [f["name"] for f in tests["tests"]["failures"]] == ["test_bad"]
+        assert tests["tests"]["runner"] == "pytest"
+        assert (tests["tests"]["passed"], tests["tests"]["failed"]) == (1, 1)
+        assert [f["name"] for f in tests["tests"]["failures"]] == ["test_bad"]
+        assert "assert 2 == 3" in (tests["tests"]["failures"][0]["message"] or "")
+        # with an app under test that never answers: a tool error with the app's output
+        text = await error(
+            client,
+            "run_tests",
+            sandbox_id=sid,
+            app_command="echo nope; sleep 60",
+            app_port=5000,
+            ready_timeout_seconds=2,
+        )
+        assert "app_not_ready" in text and "nope" in text
 
         # kill a run that is still going, from a second call on the same session
         started = asyncio.Event()

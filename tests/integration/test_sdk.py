@@ -16,6 +16,9 @@ import httpx
 import pytest
 
 from petri_sdk import (
+    App,
+    AppExited,
+    AppNotReady,
     AsyncClient,
     AsyncSandbox,
     Client,
@@ -31,6 +34,7 @@ from petri_sdk import (
     InvalidRequest,
     PetriError,
     QuotaExceeded,
+    ReportEvent,
     Sandbox,
     SandboxNotFound,
     ServiceFailed,
@@ -142,9 +146,10 @@ def test_sync_twin_every_method(gateway: Gateway, tmp_path: Path) -> None:
         ex = sb.run_command("sleep 5", timeout=1)
         assert ex.timed_out and ex.status == "timed_out" and not ex.ok
 
-        # test mode (runner exit code; the parsed report lands with test mode)
+        # test mode: the runner's exit code and its parsed report
         ex = sb.run_tests("proj/tests/test_calc.py")
         assert ex.exit_code == 0, ex.stdout + ex.stderr
+        assert ex.tests is not None and (ex.tests.passed, ex.tests.failed) == (1, 0)
 
         # stream: typed events until the terminal one
         streamed = list(sb.stream(code=TICKS))
@@ -209,7 +214,8 @@ async def test_async_twin_every_method(gateway: Gateway, tmp_path: Path) -> None
         assert time.monotonic() - stamps[0] > 1.0, "not live"
         assert (await sb.run_command("exit 4")).exit_code == 4
         assert (await sb.run_file("main.py", args=["1", "2"])).stdout == "3\n"
-        assert (await sb.run_tests()).exit_code == 0
+        tested = await sb.run_tests()
+        assert tested.exit_code == 0 and tested.tests is not None and tested.tests.passed == 1
 
         events = [e async for e in sb.stream(code=TICKS)]
         _ids_ok(events)
@@ -486,3 +492,70 @@ async def test_services_on_the_async_twin(gateway: Gateway) -> None:
         assert (await sb.services.get(svc.id)).status == "ready"
         await sb.services.stop(svc)
         assert (await sb.services.get(svc.id)).status == "stopped"
+
+
+# --- test mode ---------------------------------------------------------------------------------
+
+APP = (
+    "import http.server, socketserver\n"
+    "class H(http.server.BaseHTTPRequestHandler):\n"
+    "    def do_GET(self):\n"
+    "        self.send_response(200); self.end_headers(); self.wfile.write(b'pong')\n"
+    "print('serving', flush=True)\n"
+    "socketserver.TCPServer.allow_reuse_address = True  # the last run's socket may linger\n"
+    "socketserver.TCPServer(('127.0.0.1', 5000), H).serve_forever()\n"
+)
+APP_TESTS = (
+    "import urllib.request\n\n"
+    "def test_ping():\n"
+    "    assert urllib.request.urlopen('http://127.0.0.1:5000/').read() == b'pong'\n\n"
+    "def test_bad():\n"
+    "    assert 1 == 2, 'one is not two'\n"
+)
+
+
+def _app_project(sb: Sandbox) -> None:
+    sb.files.write("conftest.py", "")
+    sb.files.write("app.py", APP)
+    sb.files.write("tests/test_app.py", APP_TESTS)
+
+
+def test_run_tests_reports_results_with_an_app_under_test(gateway: Gateway) -> None:
+    with Sandbox.create("python", url=gateway.url) as sb:
+        _app_project(sb)
+        events: list[Event] = []
+        ex = sb.run_tests(app=App("python3 app.py", 5000, ready_path="/"), on_event=events.append)
+        assert (ex.status, ex.exit_code, ex.ok) == ("exited", 1, False)
+        assert ex.tests is not None and ex.tests.runner == "pytest"
+        assert (ex.tests.passed, ex.tests.failed, ex.tests.skipped, ex.tests.errors) == (1, 1, 0, 0)
+        assert [c.name for c in ex.tests.failures] == ["test_bad"]
+        assert "one is not two" in (ex.tests.failures[0].message or "")
+        assert ex.app_output.startswith("serving\n") and ex.ready_after_ms is not None
+        assert "serving" not in ex.stdout, "the app's output is never the runner's"
+        types = [e.type for e in events]
+        assert types.index("ready") < types.index("report") < types.index("exit")
+        # only the passing file: ok
+        sb.files.remove("tests/test_app.py")
+        sb.files.write("tests/test_ok.py", "def test_ok():\n    assert True\n")
+        ok = sb.run_tests("tests/test_ok.py")
+        assert ok.ok and ok.tests is not None and ok.tests.ok and ok.tests.passed == 1
+        # an app that dies, an app that never answers: typed failures with its output
+        with pytest.raises(AppExited) as died:
+            sb.run_tests(app=App("echo crashing; exit 3", 5000))
+        assert died.value.execution is not None and "crashing" in died.value.execution.app_output
+        with pytest.raises(AppNotReady):
+            sb.run_tests(app={"command": "sleep 60", "port": 5001, "ready_timeout_seconds": 2})
+
+
+async def test_run_tests_on_the_async_twin(gateway: Gateway) -> None:
+    async with AsyncSandbox.create("python", url=gateway.url) as sb:
+        await sb.files.write("conftest.py", "")
+        await sb.files.write("app.py", APP)
+        await sb.files.write("tests/test_app.py", APP_TESTS)
+        ex = await sb.run_tests(app=App("python3 app.py", 5000))
+        assert ex.tests is not None and (ex.tests.passed, ex.tests.failed) == (1, 1)
+        streamed = [e async for e in sb.stream(test=True, app=App("python3 app.py", 5000))]
+        report = next(e for e in streamed if isinstance(e, ReportEvent))
+        assert report.report is not None and report.report.failed == 1
+        end = streamed[-1]
+        assert isinstance(end, ExitEvent) and end.tests is not None and end.tests.passed == 1

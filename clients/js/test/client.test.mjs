@@ -85,6 +85,22 @@ test("stream: typed events until the terminal one, replay after an id, kill", as
   assert.equal((await sb.executions())[0].id, eid);
 });
 
+test("runTests: the parsed report, and an app under test", async () => {
+  await sb.files.write("conftest.py", "");
+  await sb.files.write("tests/test_js.py", "def test_one():\n    assert True\n\ndef test_two():\n    assert 1 == 2\n");
+  const ex = await sb.runTests("tests/test_js.py");
+  assert.equal(ex.exitCode, 1);
+  assert.equal(ex.ok, false);
+  assert.equal(ex.tests.runner, "pytest");
+  assert.deepEqual([ex.tests.passed, ex.tests.failed], [1, 1]);
+  const withApp = await sb.runTests("tests/test_js.py", {
+    app: { command: "echo app up; python3 -m http.server 5000", port: 5000, readyPath: "/" },
+  });
+  assert.match(withApp.appOutput, /app up/);
+  assert.deepEqual([withApp.tests.passed, withApp.tests.failed], [1, 1]);
+  await sb.files.remove("tests");
+});
+
 test("errors are typed", async () => {
   await assert.rejects(Sandbox.create("cobol", { url: URL }), InvalidRequest);
   await assert.rejects(Sandbox.connect("sb-0000000000000000", { url: URL }), SandboxNotFound);

@@ -36,9 +36,11 @@ RUN cert=/etc/ssl/certs/ca-certificates.crt; [ ! -s /src/ca-bundle.crt ] || cert
  && PIP_CERT="$cert" SSL_CERT_FILE="$cert" /opt/petri/venv/bin/pip install -r requirements.txt
 COPY README.md /src/
 COPY gateway /src/gateway
+COPY petri_sdk /src/petri_sdk
 RUN cert=/etc/ssl/certs/ca-certificates.crt; [ ! -s /src/ca-bundle.crt ] || cert=/src/ca-bundle.crt; \
     PIP_CERT="$cert" SSL_CERT_FILE="$cert" /opt/petri/venv/bin/pip install --no-deps /src \
- && /opt/petri/venv/bin/petri --help >/dev/null
+ && /opt/petri/venv/bin/petri --help >/dev/null \
+ && /opt/petri/venv/bin/python -c 'import gateway.routes'
 
 FROM ${BASE}
 ENV DEBIAN_FRONTEND=noninteractive

@@ -21,7 +21,7 @@ PETRI_WORKSPACE_ROOT ?= $(CURDIR)/var/workspaces
 PYTEST_ARGS ?=
 GATEWAY_IMAGE ?= petri-gateway:latest
 
-.PHONY: help up test install docker browser images lint pytest bench gateway-image
+.PHONY: help up test install docker browser node images lint pytest bench gateway-image
 
 help:
 	@echo "make up             install, start Docker if needed, build images, serve on $(HOST):$(PORT)"
@@ -41,6 +41,10 @@ docker:
 browser:
 	bash scripts/ensure-browser.sh
 
+# Node.js >= 20 (Debian's nodejs), which runs the JavaScript client's tests (`node --test`).
+node:
+	bash scripts/ensure-node.sh
+
 images: docker
 	$(PETRI) images build
 
@@ -50,14 +54,15 @@ up: install docker images
 		exec $(PETRI) serve --host '$(HOST)' --port '$(PORT)'
 
 lint:
-	$(PYTHON) -m ruff check gateway tests
-	$(PYTHON) -m mypy gateway
+	$(PYTHON) -m ruff check gateway petri_sdk tests scripts
+	$(PYTHON) -m mypy gateway petri_sdk
+	$(PYTHON) scripts/gen_sync_sdk.py --check
 
 # pytest exits 5 when it collected no tests: that is a failure here like any other non-zero.
 pytest:
 	$(PYTHON) -m pytest -q -ra tests $(PYTEST_ARGS)
 
-test: install docker browser images lint pytest
+test: install docker browser node images lint pytest
 
 bench:
 	shopt -s nullglob; scripts=(bench/[!_]*.py); \
@@ -72,7 +77,7 @@ bench:
 # Base: as for the runtime images (PETRI_BASE_IMAGE, debian:trixie-slim, petri-base:trixie).
 gateway-image: docker
 	ctx="$$(mktemp -d)"; trap 'rm -rf "$$ctx"' EXIT; \
-	cp -a Dockerfile .dockerignore pyproject.toml README.md gateway runtimes "$$ctx"/; \
+	cp -a Dockerfile .dockerignore pyproject.toml README.md gateway petri_sdk runtimes "$$ctx"/; \
 	bundle="$${PETRI_CA_BUNDLE:-/etc/ssl/certs/ca-certificates.crt}"; \
 	if [ -f "$$bundle" ]; then cp "$$bundle" "$$ctx/ca-bundle.crt"; fi; \
 	base="$$($(PYTHON) -c 'import sys; from gateway.images import ensure_base; \

@@ -166,6 +166,13 @@ class Settings:
     cors_origins: str = field(
         default="", metadata=_meta("comma-separated origins browsers may call from; `*` for any")
     )
+    mcp_allowed_hosts: str = field(
+        default="127.0.0.1:*,localhost:*,[::1]:*",
+        metadata=_meta(
+            "Host headers `/mcp` answers (`host:port`, `host:*`; DNS-rebinding protection); "
+            "add the name clients use when the gateway is reached by another name; `*` for any"
+        ),
+    )
     log_level: str = field(default="info", metadata=_meta("uvicorn log level"))
     log_format: str = field(
         default="text",

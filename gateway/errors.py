@@ -61,6 +61,13 @@ class RunnerError(PetriError):
     status, code = 502, "runner_error"
 
 
+class AppFailed(PetriError):
+    """Test mode: the app under test exited (`app_exited`) or never answered on its port
+    (`app_not_ready`). It ends an execution as its `error` event, never an HTTP answer."""
+
+    status, code = 422, "app_exited"
+
+
 class Unauthorized(PetriError):
     """No key, or one that is unknown, revoked or malformed (auth.py)."""
 

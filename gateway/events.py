@@ -18,6 +18,8 @@ START, INSTALL, STDOUT, STDERR, EXIT, ERROR, TRUNCATED = (
     "error",
     "truncated",
 )
+# Test mode (DESIGN §9): the app under test's output, its readiness, the parsed test report.
+APP, READY, REPORT = "app", "ready", "report"
 TERMINAL = frozenset({EXIT, ERROR})
 _LINE_BREAKS = {0x85: "\\u0085", 0x2028: "\\u2028", 0x2029: "\\u2029"}
 OUTPUT = frozenset({STDOUT, STDERR})

@@ -152,6 +152,10 @@ class ExecutionLog:
             ev.STDOUT: codecs.getincrementaldecoder("utf-8")("replace"),
             ev.STDERR: codecs.getincrementaldecoder("utf-8")("replace"),
         }
+        # Test mode's app under test: `app` events, with a budget of their own so a chatty
+        # app never truncates the test runner's output (made on first use).
+        self._app: tuple[OutputBudget, dict[str, codecs.IncrementalDecoder]] | None = None
+        self._budget_bytes, self._tail_bytes = budget, tail_bytes
         # Secrets of this run (vault.py): masked in every event before it is stored or sent.
         self.masker: Masker | None = None
         self._started = time.monotonic()
@@ -250,15 +254,18 @@ class ExecutionLog:
                 },
             )
 
-    def _coalesce(self, kind: str, text: str) -> bool:
-        """Append to the last event if it is output of the same kind nobody has seen yet
-        (pending, so not yet visible): fewer, larger events under load, same bytes."""
+    def _coalesce(self, kind: str, text: str, stream: str | None = None) -> bool:
+        """Append to the last event if it is output of the same kind (and, for `app` events,
+        stream) nobody has seen yet (pending, so not yet visible): fewer, larger events under
+        load, same bytes."""
         if not self._pending:
             return False
         last = self._pending[-1]
-        if last.type != kind or len(last.data["text"]) + len(text) > COALESCE_CHARS:
+        if last.type != kind or last.data.get("stream") != stream:
             return False
-        merged = Event(last.id, kind, {"text": last.data["text"] + text})
+        if len(last.data["text"]) + len(text) > COALESCE_CHARS:
+            return False
+        merged = Event(last.id, kind, {**last.data, "text": last.data["text"] + text})
         self._pending[-1] = self._window[-1] = merged  # the newest event is last in both
         self._pending_bytes += len(text)
         self._window_bytes += len(text)
@@ -275,6 +282,48 @@ class ExecutionLog:
             self._output_text(kind, text)
         for kind, text in self.budget.tail():
             self.emit(kind, {"text": text})
+
+    def app_output(self, stream: str, raw: bytes) -> None:
+        """Output of test mode's app under test (`stream` is "stdout" or "stderr"), as `app`
+        events: decoded like program output, under a budget of its own (past it, one
+        `truncated` event with `"source": "app"` and a rolling tail)."""
+        if self._app is None:
+            decoders: dict[str, codecs.IncrementalDecoder] = {
+                s: codecs.getincrementaldecoder("utf-8")("replace") for s in (ev.STDOUT, ev.STDERR)
+            }
+            self._app = OutputBudget(self._budget_bytes, self._tail_bytes), decoders
+        decoders = self._app[1]
+        self._app_text(stream, decoders[stream].decode(raw))
+
+    def _app_text(self, stream: str, text: str) -> None:
+        if not text or self._app is None:
+            return
+        budget = self._app[0]
+        was_truncated = budget.truncated
+        admitted = budget.admit(stream, text)
+        # With secrets, every chunk goes through `emit`, which masks (coalescing would not).
+        masked = self.masker is not None
+        if admitted and (masked or not self._coalesce(ev.APP, admitted, stream)):
+            self.emit(ev.APP, {"stream": stream, "text": admitted})
+        if budget.truncated and not was_truncated:
+            self.emit(
+                ev.TRUNCATED,
+                {
+                    "budget_bytes": budget.budget,
+                    "message": "the app's output budget was reached: the middle is dropped, "
+                    "the tail is kept",
+                    "source": "app",
+                },
+            )
+
+    def close_app_output(self) -> None:
+        """End of the app's output: flush its decoders, then its kept tail."""
+        if self._app is None:
+            return
+        for stream, decoder in self._app[1].items():
+            self._app_text(stream, decoder.decode(b"", final=True))
+        for stream, text in self._app[0].tail():
+            self.emit(ev.APP, {"stream": stream, "text": text})
 
     def recent_output(self, limit: int = 4000) -> str:
         """The last `limit` characters of stdout and stderr still in memory (for messages)."""

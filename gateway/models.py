@@ -194,11 +194,45 @@ class CreateSandbox(_Body):
     _env = field_validator("env")(_check_env)
 
 
+READY_PATH = re.compile(r"^/[!-~]{0,2047}$")  # printable ASCII, no spaces: one request line
+
+
+class AppBody(_Body):
+    """Test mode's app under test (DESIGN §9): started in the sandbox before the tests and
+    probed from inside it until `port` answers (with `ready_path`, any HTTP status line)."""
+
+    command: str = Field(min_length=1, max_length=8192, examples=["python app.py"])
+    port: int = Field(ge=1024, le=65535, examples=[5000])
+    ready_path: str | None = Field(default=None, min_length=1, max_length=2048, examples=["/"])
+    # default 30 s (or the run's timeout_seconds, if shorter); at most timeout_seconds
+    ready_timeout_seconds: int | None = Field(default=None, ge=1)
+
+    @field_validator("command")
+    @classmethod
+    def _command(cls, value: str) -> str:
+        if "\x00" in value or not value.strip():
+            raise ValueError("must not be blank or hold NUL bytes")
+        return value
+
+    @field_validator("ready_path")
+    @classmethod
+    def _path(cls, value: str | None) -> str | None:
+        if value is not None and not READY_PATH.match(value):
+            raise ValueError("must start with / and hold only printable ASCII, no spaces")
+        return value
+
+
 class ExecBody(_Body):
     command: str | None = Field(default=None, min_length=1, max_length=65536)
     code: str | None = Field(default=None, max_length=4 * 1024 * 1024)
     filename: str | None = Field(default=None, min_length=1, max_length=1024)
     test: bool = False
+    app: AppBody | None = None  # test mode only
+    # appended to the program's argv: after the file that `code` or `filename` runs, or as
+    # $1, $2, ... of a `command` (never through a shell: no quoting needed)
+    args: list[Annotated[str, Field(max_length=65536)]] | None = Field(
+        default=None, max_length=1024
+    )
     timeout_seconds: int | None = Field(default=None, ge=1)
     # no output (stdout or stderr) for this long: killed, `timed_out` and `idle` on `exit`
     idle_timeout_seconds: int | None = Field(default=None, ge=1)
@@ -242,6 +276,14 @@ class ExecBody(_Body):
             raise ValueError("give only one of command, code, filename")
         if not given and not self.test:
             raise ValueError("give one of command, code, filename (or test: true)")
+        if self.app is not None and not self.test:
+            raise ValueError("app is for test mode (test: true); a long-running app is a service")
+        if self.test and self.code is not None:
+            raise ValueError("test mode runs the project's tests: give no code")
+        if self.args is not None and self.test:
+            raise ValueError("args go to a program (command, code or filename), not to test mode")
+        if self.args is not None and any("\x00" in a for a in self.args):
+            raise ValueError("args must not hold NUL bytes")
         return self
 
 
@@ -338,6 +380,48 @@ class InstallOut(_Doc):
     log: str = Field(description="the install output (the `install` events' text)")
 
 
+class ReportCounts(_Doc):
+    """`exit.tests`: the report's counts (null where the runner left nothing to parse)."""
+
+    passed: int | None
+    failed: int | None
+    skipped: int | None
+    errors: int | None
+
+
+class CaseData(_Doc):
+    name: str
+    suite: str = Field(description="the class, module or package the case belongs to")
+    status: Literal["passed", "failed", "skipped", "error"]
+    duration_ms: int | None
+    message: str | None = Field(default=None, description="the failure message, if it failed")
+
+
+class ReportData(ReportCounts):
+    """Test mode's parsed results (the `report` event; `tests` of the JSON answer)."""
+
+    runner: str = Field(description="e.g. `pytest`, `npm test`, `go test`, `junit`, `command`")
+    duration_ms: int = Field(description="the runner's wall time")
+    cases: list[CaseData] | None = Field(
+        description="at most 1000, failures first; null where there was nothing to parse"
+    )
+    message: str | None = Field(default=None, description="why there are no cases, or fewer")
+    cases_omitted: int | None = Field(default=None, description="cases counted, not listed")
+
+
+class AppData(_Doc):
+    stream: Literal["stdout", "stderr"]
+    text: str = Field(description="a chunk of the app's output, as it arrived")
+
+
+class AppResult(_Doc):
+    """Test mode's app under test, in the JSON answer."""
+
+    ready_after_ms: int | None
+    stdout: str
+    stderr: str
+
+
 class ExecResult(_Doc):
     """`exec` without `Accept: text/event-stream` and with `wait` (the default): the run's
     record and output. The `exit` event's fields are copied in when the run exited; `error`
@@ -358,6 +442,8 @@ class ExecResult(_Doc):
     signal: str | None = Field(default=None, description="e.g. `SIGKILL`, when a signal ended it")
     missing_modules: list[str] | None = Field(default=None)
     error: ErrorDetail | None = Field(default=None, description="how the run failed to run")
+    tests: ReportData | None = Field(default=None, description="test mode: the whole report")
+    app: AppResult | None = Field(default=None, description="test mode: the app under test")
 
 
 class Accepted(_Doc):
@@ -457,6 +543,9 @@ class TextData(_Doc):
 class TruncatedData(_Doc):
     budget_bytes: int
     message: str
+    source: Literal["app"] | None = Field(
+        default=None, description='"app": the app under test\'s own budget (test mode)'
+    )
 
 
 class ExitData(_Doc):
@@ -471,10 +560,11 @@ class ExitData(_Doc):
     missing_modules: list[str] | None = Field(
         default=None, description="modules it failed to import (non-zero exits only)"
     )
+    tests: ReportCounts | None = Field(default=None, description="test mode: the report's counts")
 
 
 class ReadyData(_Doc):
-    port: int = Field(description="the service's port")
+    port: int = Field(description="the service's or test mode's app's port")
     after_ms: int = Field(description="milliseconds from the program's start to its first answer")
 
 
@@ -488,6 +578,8 @@ EVENT_DATA: dict[str, type[BaseModel]] = {
     "exit": ExitData,
     "error": ErrorDetail,
     "ready": ReadyData,
+    "app": AppData,
+    "report": ReportData,
 }
 
 

@@ -86,7 +86,9 @@ STREAM = """Server-Sent Events. Each event has an `id:` (1, 2, 3, ... per execut
 | `truncated` | `TruncatedData` | the output budget was reached; the tail is kept |
 | `exit` | `ExitData` | terminal: the program ended |
 | `error` | `ErrorDetail` | terminal: the gateway could not run it |
-| `ready` | `ReadyData` | a service answers HTTP on its port (serve mode) |
+| `ready` | `ReadyData` | a service (serve mode) or the app under test (test mode) answers |
+| `app` | `AppData` | test mode: output of the app under test, never program output |
+| `report` | `ReportData` | test mode: the parsed test results |
 
 Exactly one terminal event (`exit` or `error`) ends the stream. While nothing is sent, a \
 keep-alive comment line (`: keep-alive`, no blank line after it) comes every \

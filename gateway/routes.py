@@ -26,7 +26,7 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from . import auth, files, openapi
+from . import auth, files, mcp, openapi
 from .audit import RequestRecorder
 from .config import Settings
 from .errors import (
@@ -637,7 +637,11 @@ def create_app(settings: Settings | None = None) -> Starlette:
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
-        async with open_gateway(settings) as sandboxes, open_services(sandboxes) as services:
+        async with (
+            open_gateway(settings) as sandboxes,
+            open_services(sandboxes) as services,
+            mcp_sessions(),
+        ):
             app.state.sandboxes = sandboxes
             app.state.teams = sandboxes.teams
             app.state.services = services
@@ -653,6 +657,10 @@ def create_app(settings: Settings | None = None) -> Starlette:
             ClientDisconnect: _error_response,
         },
     )
+    # /mcp: the MCP tools, calling this app's own API in-process (auth applies as to any call)
+    hosts = [h.strip() for h in settings.mcp_allowed_hosts.split(",") if h.strip()]
+    mcp_endpoint, mcp_sessions = mcp.http_app(lambda: app, hosts)
+    app.router.routes.append(Route("/mcp", mcp_endpoint))
     # Outermost last: request id, metrics, CORS (a preflight needs no key), the gate (who is
     # calling), the fallback audit record, the body limit, then the routes.
     app.add_middleware(BodyLimit, settings=settings)

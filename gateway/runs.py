@@ -22,6 +22,7 @@ from .models import ExecBody, Execution, Sandbox, now
 from .registry import Registry
 from .runner import KEEPER_PROCESSES, STDOUT, Process, Runner
 from .runtimes import Runtime
+from .testmode import TestSession
 from .workspace import Workspaces
 
 log = logging.getLogger("petri.runs")
@@ -55,6 +56,7 @@ class Run:
     service: bool = False
     # set (by serve mode) to end the run with this `error` event instead of `exit`
     failure: dict[str, Any] | None = None
+    tests: TestSession | None = None  # test mode (gateway/testmode.py)
 
 
 class Runs:
@@ -87,6 +89,21 @@ class Runs:
         self, run: Run, sandbox: Sandbox, runtime: Runtime, body: ExecBody, seconds: float
     ) -> None:
         self.live[run.execution.id] = run
+        if body.test:
+            run.tests = TestSession(
+                settings=self.settings,
+                runner=self.runner,
+                runtime=runtime,
+                body=body,
+                execution=run.execution,
+                out=run.log,
+                workspace=self.workspaces.get(sandbox.id),
+                seconds=seconds,
+                stop_exec=lambda cid, eid, reader_of: self.stop_exec(
+                    cid, eid, reader_of, sandbox.id
+                ),
+                leftover=lambda exec_id: self._stale.setdefault(sandbox.id, []).append(exec_id),
+            )
         run.task = asyncio.create_task(self._own(run, sandbox, runtime, body, seconds))
 
     async def _own(
@@ -163,6 +180,10 @@ class Runs:
             stdin = body.stdin.encode() if body.stdin is not None else None
             await self._settled(sandbox.id)
             run.container_id = container_id
+            if run.tests is not None:  # test mode: the runner's argv, the app answering (§9)
+                env = await run.tests.begin(
+                    container_id, env, lambda: run.killed or run.interrupted, deadline
+                )
             proc = await self.runner.exec(
                 container_id,
                 execution.id,
@@ -172,6 +193,8 @@ class Runs:
                 user=self.settings.sandbox_user,
                 stdin=stdin,
             )
+            if run.tests is not None:
+                proc = run.tests.watch(proc)
             timed_out = await self._pump(run, proc, max(0.0, deadline - loop.time()))
             exit_code = await proc.exit_code()
             oom = await self._oom_killed(sandbox.id, container_id, exit_code, run, timed_out)
@@ -213,6 +236,8 @@ class Runs:
             if exit_code > 128 or run.killed or timed_out:
                 with contextlib.suppress(ValueError):
                     data["signal"] = signal.Signals(exit_code - 128).name
+            if run.tests is not None and (tests := await run.tests.finish(status, exit_code)):
+                data["tests"] = tests  # after the `report` event, the app stopped
             self._end(run, status, ev.EXIT, data, exit_code=exit_code)
         except asyncio.CancelledError:
             self._end(
@@ -227,9 +252,16 @@ class Runs:
             log.exception("execution %s failed", execution.id)
             self._end(run, "failed", ev.ERROR, {"code": "internal_error", "message": str(exc)})
         finally:
-            self._finish(run, sandbox.id, body.code is not None)
+            try:
+                if run.tests is not None:  # the app never outlives its run
+                    await run.tests.close()
+            finally:
+                scratch = f"{CODE_DIR}/{execution.id}" if body.code is not None else None
+                if run.tests is not None:  # the runner's report folder
+                    scratch = run.tests.report_dir
+                self._finish(run, sandbox.id, scratch)
 
-    def _finish(self, run: Run, sandbox_id: str, scratch: bool) -> None:
+    def _finish(self, run: Run, sandbox_id: str, scratch: str | None) -> None:
         """A run's ending, whatever happened before and whatever its clean-up meets: one
         terminal event, out of `live`, `stopped` set, and the clean-up (leftover processes,
         then the scratch folder, in a thread) scheduled. Each step is guarded on its own."""
@@ -241,7 +273,7 @@ class Runs:
                 log.exception("execution %s: no terminal event", eid)
         self.live.pop(eid, None)
         try:
-            self._after(sandbox_id, run, f"{CODE_DIR}/{eid}" if scratch else None)
+            self._after(sandbox_id, run, scratch)
         except Exception:
             log.exception("execution %s: clean-up not scheduled", eid)
         run.stopped.set()
@@ -322,12 +354,24 @@ class Runs:
             installing.cancel()
             await asyncio.wait({installing}, timeout=INSTALL_STOP_SECONDS)
             return
-        sandbox = self.registry.get_sandbox(run.execution.sandbox_id)
+        sandbox_id = run.execution.sandbox_id
+        sandbox = self.registry.get_sandbox(sandbox_id)
         container_id = run.container_id or (sandbox.container_id if sandbox else "")
-        if not container_id:
-            return
-        user, eid = self.settings.sandbox_user, run.execution.id
-        spare = [e for e in self.services_in(run.execution.sandbox_id) if e != eid]
+        if container_id:
+            await self.stop_exec(container_id, run.execution.id, lambda: run.reader, sandbox_id)
+
+    async def stop_exec(
+        self,
+        container_id: str,
+        eid: str,
+        reader_of: Callable[[], asyncio.Task[None] | None],
+        sandbox_id: str,
+    ) -> None:
+        """The kill ladder of one exec (a run's program, test mode's app): its group, then
+        every process of the sandbox user but running services, then the container, each
+        step only while the exec's output (read by the task `reader_of()` returns) goes on."""
+        user = self.settings.sandbox_user
+        spare = [e for e in self.services_in(sandbox_id) if e != eid]
         steps: tuple[Callable[[], Awaitable[None]], ...] = (
             lambda: self.runner.kill_group(container_id, eid, user),
             lambda: self.runner.kill_all(container_id, user, spare),
@@ -336,7 +380,7 @@ class Runs:
         for step in steps:
             with contextlib.suppress(PetriError):
                 await step()
-            reader = run.reader
+            reader = reader_of()
             if reader is None:
                 return
             await asyncio.wait({reader}, timeout=KILL_GRACE_SECONDS)

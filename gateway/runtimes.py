@@ -14,8 +14,8 @@ FILE_PLACEHOLDER = "{file}"
 IMAGE_TAG = "latest"
 
 _STR_KEYS = ("name", "image", "source_file", "smoke", "smoke_expect")
-_ARGV_KEYS = ("run", "test", "manifests")
-_KNOWN_KEYS = frozenset((*_STR_KEYS, *_ARGV_KEYS, "env", "install"))
+_ARGV_KEYS = ("run", "manifests")
+_KNOWN_KEYS = frozenset((*_STR_KEYS, *_ARGV_KEYS, "env", "install", "test"))
 # `[install]`: how dependencies are installed (gateway/deps.py runs the plans).
 DETECTORS = frozenset({"python-imports", "go-imports"})
 BOM_FORMATS = frozenset({"pip-json", "npm-json", "go-list", "maven-list"})
@@ -23,6 +23,11 @@ _INSTALL_KEYS = frozenset(
     {"env", "plans", "bom", "bom_format", "tools", "tool_packages", "missing_module"}
 )
 _PLAN_KEYS = frozenset({"name", "when", "detect", "hash", "run", "skip"})
+# `[test]`: test mode's runners (gateway/testmode.py picks one, gateway/reports.py reads it).
+TEST_DETECTORS = frozenset({"npm-test-script", "maven-surefire"})
+REPORT_FORMATS = frozenset({"junit", "go-json"})
+_TEST_KEYS = frozenset({"paths", "runners"})
+_RUNNER_KEYS = frozenset({"name", "detect", "run", "report"})
 
 
 @dataclass(frozen=True)
@@ -54,6 +59,28 @@ class InstallSpec:
 
 
 @dataclass(frozen=True)
+class TestRunner:
+    """One way to run a project's tests: chosen when its detector (if any) matches; `run` is
+    a bash script (run in /sandbox, `"$@"` = the exec's `filename`, `$PETRI_REPORT_DIR`
+    made); `report` says where its results are: JUnit XML files in `$PETRI_REPORT_DIR`
+    (`junit`) or `go test -json` on its stdout (`go-json`)."""
+
+    name: str
+    run: str
+    report: str
+    detect: str = ""
+
+
+@dataclass(frozen=True)
+class TestSpec:
+    """`[test]` of a runtime.toml: runners in order of preference; `paths` says whether they
+    take a file or folder (an exec's `filename`) as their argument."""
+
+    runners: tuple[TestRunner, ...]
+    paths: bool = False
+
+
+@dataclass(frozen=True)
 class Runtime:
     """One language runtime: its image, how to run a file, how to test, where its smoke is."""
 
@@ -61,13 +88,13 @@ class Runtime:
     image: str
     source_file: str
     run: tuple[str, ...]
-    test: tuple[str, ...]
     manifests: tuple[str, ...]
     smoke: str
     smoke_expect: str
     env: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
     folder: Path = Path()
     install: InstallSpec | None = None
+    test: TestSpec | None = None
 
     def run_argv(self, file: str) -> list[str]:
         """The argv that runs `file` (a path relative to /sandbox)."""
@@ -129,13 +156,13 @@ def _parse(path: Path, data: dict[str, Any]) -> Runtime:
         image=f"{strs['image']}:{IMAGE_TAG}",
         source_file=strs["source_file"],
         run=lists["run"],
-        test=lists["test"],
         manifests=lists["manifests"],
         smoke=strs["smoke"],
         smoke_expect=strs["smoke_expect"],
         env=MappingProxyType(env),
         folder=folder,
         install=_install(path, data["install"]) if "install" in data else None,
+        test=_test(path, data["test"]) if "test" in data else None,
     )
 
 
@@ -244,3 +271,38 @@ def _plan(path: Path, index: int, value: dict[str, Any]) -> InstallPlan:
 
 def _optional_strings(path: Path, data: dict[str, Any], key: str) -> tuple[str, ...]:
     return _strings(path, data, key) if key in data else ()
+
+
+def _test(path: Path, value: object) -> TestSpec:
+    if not isinstance(value, dict):
+        raise ValueError(f"{path}: test must be a table ([test] with [[test.runners]])")
+    unknown = sorted(set(value) - _TEST_KEYS)
+    if unknown:
+        raise ValueError(f"{path}: unknown [test] key(s): {', '.join(unknown)}")
+    paths = value.get("paths", False)
+    if not isinstance(paths, bool):
+        raise ValueError(f"{path}: test.paths must be true or false, got {paths!r}")
+    runners = value.get("runners", [])
+    if not (isinstance(runners, list) and runners and all(isinstance(r, dict) for r in runners)):
+        raise ValueError(f"{path}: test.runners must be a non-empty array of tables")
+    parsed: list[TestRunner] = []
+    for index, runner in enumerate(runners):
+        where = f"{path}: test.runners[{index}]"
+        unknown = sorted(set(runner) - _RUNNER_KEYS)
+        if unknown:
+            raise ValueError(f"{where}: unknown key(s): {', '.join(unknown)}")
+        texts = {k: runner.get(k, "") for k in ("name", "run", "report", "detect")}
+        if not all(isinstance(t, str) for t in texts.values()):
+            raise ValueError(f"{where}: name, run, report and detect are strings")
+        if not (texts["name"] and texts["run"].strip() and texts["report"]):
+            raise ValueError(f"{where}: name, run and report are required")
+        if texts["report"] not in REPORT_FORMATS:
+            known = ", ".join(sorted(REPORT_FORMATS))
+            raise ValueError(f"{where}: report must be one of: {known}")
+        if texts["detect"] and texts["detect"] not in TEST_DETECTORS:
+            known = ", ".join(sorted(TEST_DETECTORS))
+            raise ValueError(f"{where}: detect must be one of: {known}")
+        parsed.append(TestRunner(texts["name"], texts["run"], texts["report"], texts["detect"]))
+    if parsed[-1].detect:
+        raise ValueError(f"{path}: the last test runner must have no detect (the fallback)")
+    return TestSpec(tuple(parsed), paths)

@@ -12,7 +12,7 @@ import sqlite3
 from collections.abc import AsyncIterator
 from typing import Any
 
-from . import audit, auth
+from . import audit, auth, testmode
 from . import events as ev
 from .config import Settings
 from .deps import Installer
@@ -94,9 +94,10 @@ class Sandboxes:
         for execution in interrupted:
             owner = self.registry.get_sandbox(execution.sandbox_id)
             if owner is not None and owner.container_id:
-                with contextlib.suppress(PetriError):
-                    user = self.settings.sandbox_user
-                    await self.runner.kill_group(owner.container_id, execution.id, user)
+                for exec_id in testmode.exec_ids(execution):  # a test run's app too
+                    with contextlib.suppress(PetriError):
+                        user = self.settings.sandbox_user
+                        await self.runner.kill_group(owner.container_id, exec_id, user)
 
     async def sweep_orphans(self) -> list[str]:
         known = {s.id for s in self.registry.list_sandboxes()}
@@ -318,6 +319,8 @@ class Sandboxes:
                 f"{self.settings.max_exec_timeout_seconds}",
                 code="limit_too_high",
             )
+        if body.test:
+            testmode.check(runtime, body, timeout)
         self.teams.quotas.execution(sandbox.tenant)
         # Secrets are the sandbox's tenant's, decrypted for this run only (never stored).
         plain, refs = split_env(body.env)
@@ -432,8 +435,23 @@ class Sandboxes:
             metrics.install(run.install.status)
 
     def _argv(self, sandbox: Sandbox, runtime: Runtime, body: ExecBody, eid: str) -> list[str]:
+        if body.test and runtime.test is not None:
+            # The runner is picked when the run starts, after install (testmode.begin).
+            paths = []
+            if body.filename is not None:
+                path = "/".join(clean_path(body.filename))
+                workspace = self.workspaces.get(sandbox.id)
+                if not workspace.is_dir(path):
+                    workspace.read(path)[0].close()  # 404 when it is not there
+                paths.append(path)
+            script = body.command if body.command is not None else runtime.test.runners[0].run
+            return testmode.runner_argv(script, paths)
+        return [*self._program(sandbox, runtime, body, eid), *(body.args or ())]
+
+    def _program(self, sandbox: Sandbox, runtime: Runtime, body: ExecBody, eid: str) -> list[str]:
         if body.command is not None:
-            return ["/bin/bash", "-c", body.command]
+            # bash -c SCRIPT NAME ARGS...: NAME is $0, ARGS are $1, $2, ...
+            return ["/bin/bash", "-c", body.command, *(["bash"] if body.args else [])]
         if body.code is not None:
             path = f"{CODE_DIR}/{eid}/{runtime.source_file}"
             workspace = self.workspaces.get(sandbox.id)
@@ -447,8 +465,8 @@ class Sandboxes:
         if body.filename is not None:
             path = "/".join(clean_path(body.filename))
             self.workspaces.get(sandbox.id).read(path)[0].close()  # 404 when it is not there
-            return [*runtime.test, path] if body.test else runtime.run_argv(path)
-        return list(runtime.test)
+            return runtime.run_argv(path)
+        raise Invalid("give one of command, code, filename", code="invalid_field")
 
     async def kill(self, sandbox_id: str, execution_id: str) -> Execution:
         sandbox = self.get(sandbox_id)
@@ -515,6 +533,9 @@ class Sandboxes:
         stdout: list[str] = []
         stderr: list[str] = []
         install: list[str] = []
+        app: dict[str, list[str]] = {ev.STDOUT: [], ev.STDERR: []}
+        tests: dict[str, Any] | None = None
+        ready: dict[str, Any] | None = None
         terminal: Event | None = None
         async for event in self.follow(run.execution.sandbox_id, run.execution.id):
             text = event.data.get("text", "")
@@ -524,6 +545,12 @@ class Sandboxes:
                 stderr.append(text)
             elif event.type == ev.INSTALL:
                 install.append(text)
+            elif event.type == ev.APP:
+                app.get(event.data.get("stream", ""), app[ev.STDERR]).append(text)
+            elif event.type == ev.READY:
+                ready = event.data
+            elif event.type == ev.REPORT:
+                tests = event.data
             elif event.terminal:
                 terminal = event
         execution = self.execution(run.execution.sandbox_id, run.execution.id)
@@ -542,6 +569,14 @@ class Sandboxes:
         inst = run.install.public() if run.install else {"status": "skipped", "packages": []}
         inst["log"] = "".join(install)
         result["install"] = inst
+        if execution.test:  # test mode: the whole report, and the app's output
+            result["tests"] = tests
+            if app[ev.STDOUT] or app[ev.STDERR] or ready is not None:
+                result["app"] = {
+                    "ready_after_ms": ready["after_ms"] if ready else None,
+                    "stdout": "".join(app[ev.STDOUT]),
+                    "stderr": "".join(app[ev.STDERR]),
+                }
         if terminal is not None and terminal.type == ev.ERROR:
             result["error"] = terminal.data
         elif terminal is not None:

@@ -1,4 +1,5 @@
-"""The client side of the preview proxy: the one importer of httpx and websockets.
+"""The client side of the preview proxy: HTTP through `http1` (h11, connections kept alive
+per service), WebSockets through the one importer of websockets.
 
 A service is reached only through the Unix socket its relay listens on inside the sandbox's
 workspace (`socat UNIX-LISTEN:… TCP:127.0.0.1:<port>`): the sandbox keeps network mode
@@ -17,17 +18,19 @@ import re
 from collections.abc import AsyncIterable, AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
 
-import httpx
 from websockets.asyncio.client import ClientConnection, unix_connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus, WebSocketException
 from websockets.typing import Subprotocol
 
 from .errors import PetriError
+from .http1 import Connection, ProtocolError
 
 Headers = list[tuple[bytes, bytes]]
 # No read or write timeout: a response may stream for as long as the service likes (SSE,
 # long polls); the client's disconnect ends it. Connecting must be quick.
-TIMEOUT = {"connect": 10.0, "read": None, "write": None, "pool": 10.0}
+CONNECT_TIMEOUT = 10.0
+KEEP_IDLE = 32  # idle connections kept per service
+MAX_CONNECTIONS = 256  # open at once per service; a request past them waits (CONNECT_TIMEOUT)
 WS_MAX_BYTES = 16 * 1024 * 1024  # uvicorn's own limit on the client side
 _STATUS_LINE = re.compile(rb"^HTTP/\d\.\d [1-5]\d\d")
 
@@ -40,19 +43,29 @@ class UpstreamError(Exception):
 class UpstreamResponse:
     status: int
     headers: Headers
-    _response: httpx.Response
+    _conn: Connection
+    _done: Callable[[Connection], None]
+    _finished: bool = False
+    _released: bool = False
 
     async def body(self) -> AsyncIterator[bytes]:
         """The body's bytes as they arrive, as sent (no decoding of any content-encoding)."""
         try:
-            async for chunk in self._response.aiter_raw():
+            async for chunk in self._conn.body():
                 yield chunk
-        except httpx.HTTPError as exc:
+        except ProtocolError as exc:
             raise UpstreamError(f"the service broke off its response: {exc}") from None
+        self._finished = True
 
     async def aclose(self) -> None:
-        with contextlib.suppress(httpx.HTTPError):
-            await self._response.aclose()
+        """Back to the pool if the response was read to its end; else the connection closes
+        (a service still streaming to a caller who left stops there)."""
+        if self._released:
+            return
+        self._released = True
+        if not self._finished:
+            self._conn.close()
+        self._done(self._conn)
 
 
 @dataclass(slots=True)
@@ -102,7 +115,9 @@ class Upstream:
     def __init__(self, open_socket: Callable[[], int]) -> None:
         self._open_socket = open_socket
         self._fd: int | None = None
-        self._transport: httpx.AsyncHTTPTransport | None = None
+        self._idle: list[Connection] = []
+        self._busy: set[Connection] = set()
+        self._slots = asyncio.Semaphore(MAX_CONNECTIONS)
         self._closed = False
 
     def _path(self) -> str:
@@ -111,11 +126,6 @@ class Upstream:
             raise UpstreamError("the service has ended")
         if self._fd is None:
             self._fd = self._open(self._open_socket)
-            self._transport = httpx.AsyncHTTPTransport(
-                uds=f"/proc/self/fd/{self._fd}",
-                verify=False,  # plain HTTP over a local socket: TLS is never used
-                limits=httpx.Limits(max_connections=256, max_keepalive_connections=32),
-            )
         return f"/proc/self/fd/{self._fd}"
 
     @staticmethod
@@ -125,6 +135,28 @@ class Upstream:
         except PetriError as exc:
             raise UpstreamError(f"the service's socket is not there: {exc.message}") from None
 
+    async def _connection(self) -> Connection:
+        """An idle kept-alive connection, or a new one to the checked socket."""
+        while self._idle:
+            conn = self._idle.pop()
+            if conn.reusable:
+                return conn
+            conn.close()
+        path = self._path()
+        try:
+            async with asyncio.timeout(CONNECT_TIMEOUT):
+                return await Connection.open(path)
+        except (OSError, TimeoutError) as exc:
+            raise UpstreamError(f"the service did not answer: {exc or 'timeout'}") from None
+
+    def _release(self, conn: Connection) -> None:
+        self._slots.release()
+        self._busy.discard(conn)
+        if conn.reusable and not self._closed and len(self._idle) < KEEP_IDLE:
+            self._idle.append(conn)
+        else:
+            conn.close()
+
     async def request(
         self,
         method: str,
@@ -133,21 +165,44 @@ class Upstream:
         body: AsyncIterable[bytes] | None,
     ) -> UpstreamResponse:
         """Send a request (its body streamed) and return once the response's head is in."""
-        self._path()
-        assert self._transport is not None
-        request = httpx.Request(
-            method,
-            "http://service/",
-            headers=headers,
-            content=body,
-            extensions={"target": target, "timeout": TIMEOUT},
-        )
         try:
-            response = await self._transport.handle_async_request(request)
-        except httpx.HTTPError as exc:
-            why = str(exc) or type(exc).__name__
-            raise UpstreamError(f"the service did not answer: {why}") from None
-        return UpstreamResponse(response.status_code, list(response.headers.raw), response)
+            async with asyncio.timeout(CONNECT_TIMEOUT):
+                await self._slots.acquire()
+        except TimeoutError:
+            raise UpstreamError("the service has too many requests open") from None
+        try:
+            return await self._request(method, target, headers, body)
+        except BaseException:
+            self._slots.release()
+            raise
+
+    async def _request(
+        self,
+        method: str,
+        target: bytes,
+        headers: Headers,
+        body: AsyncIterable[bytes] | None,
+    ) -> UpstreamResponse:
+        for attempt in (1, 2):
+            conn = await self._connection()
+            reused = conn.used
+            self._busy.add(conn)
+            try:
+                status, head = await conn.request(method, target, headers, body)
+            except ProtocolError as exc:
+                self._busy.discard(conn)
+                conn.close()
+                # A kept-alive connection the service closed meanwhile: once more on a new
+                # one, if no body was taken from the caller.
+                if reused and body is None and attempt == 1:
+                    continue
+                raise UpstreamError(f"the service did not answer: {exc}") from None
+            except BaseException:
+                self._busy.discard(conn)
+                conn.close()
+                raise
+            return UpstreamResponse(status, head, conn, self._release)
+        raise AssertionError("unreachable")
 
     async def websocket(
         self, target: bytes, host: str, headers: Headers, subprotocols: Sequence[str]
@@ -204,10 +259,10 @@ class Upstream:
 
     async def aclose(self) -> None:
         self._closed = True
-        transport, fd = self._transport, self._fd
-        self._transport = self._fd = None
-        if transport is not None:
-            with contextlib.suppress(httpx.HTTPError, RuntimeError):
-                await transport.aclose()
+        for conn in [*self._idle, *self._busy]:
+            conn.close()
+        self._idle.clear()
+        self._busy.clear()
+        fd, self._fd = self._fd, None
         if fd is not None:
             os.close(fd)

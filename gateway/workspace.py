@@ -211,6 +211,30 @@ class Workspace:
             raise BadRequest(f"{path[:80]} is not a socket", code="not_a_socket")
         return fd
 
+    def is_dir(self, path: str) -> bool:
+        """Whether `path` is a directory, reached without following any symlink."""
+        try:
+            with self.directory(clean_path(path)):
+                return True
+        except PetriError:
+            return False
+
+    def files_in(self, path: str, limit: int) -> list[tuple[str, int]]:
+        """(name, size) of the regular files directly in directory `path`, sorted by name,
+        at most `limit` of them; [] when it is not a directory (or is reached by a symlink)."""
+        try:
+            with self.directory(clean_path(path)) as dfd, os.scandir(dfd) as it:
+                found = []
+                for entry in it:
+                    st = entry.stat(follow_symlinks=False)
+                    if stat.S_ISREG(st.st_mode):
+                        found.append((entry.name, st.st_size))
+                    if len(found) >= limit:
+                        break
+        except (PetriError, OSError):
+            return []
+        return sorted(found)
+
     def delete(self, path: str, *, seconds: float = DELETE_SECONDS) -> None:
         """Remove a file, a symlink (never followed) or a whole folder, however deep. A
         folder that takes longer than `seconds` is 409 `delete_incomplete`."""

@@ -11,6 +11,9 @@ Standard library only (HTTP/1.1 with keep-alive, and a hand-written WebSocket ec
     GET  /hop          a response carrying hop-by-hop headers (and `X-App: yes`)
     GET  /exit         answers, then the process exits with code 3
     GET  /work?ms=N    answers after N ms (an endpoint that does some work)
+    GET  /peer         {"port"}: the source port of the connection the request came on
+    POST /early        413 at once, without reading the body, and the connection closes
+    GET  /drop         answers (keep-alive, as far as the caller knows), then closes the connection
     GET  /ws           WebSocket: echoes text and binary messages, picks the first subprotocol
     anything else      {"method", "path"} (JSON), for every method
 """
@@ -123,6 +126,16 @@ class Handler(BaseHTTPRequestHandler):
         if url.path == "/work":
             time.sleep(int(parse_qs(url.query).get("ms", ["0"])[0]) / 1000)
             return self.reply(200, b'{"worked": true}')
+        if url.path == "/peer":
+            return self.reply(200, json.dumps({"port": self.client_address[1]}).encode())
+        if url.path == "/early":
+            self.reply(413, b'{"too": "large"}')
+            self.close_connection = True
+            return None
+        if url.path == "/drop":
+            self.reply(200, b'{"dropped": true}')
+            self.close_connection = True  # without a `Connection: close`: a surprise close
+            return None
         if url.path == "/exit":
             self.reply(200, b'{"bye": true}')
             self.wfile.flush()

@@ -13,7 +13,7 @@ import httpx
 import pytest
 
 from gateway.registry import instance_id
-from petri_sdk import Petri
+from petri_sdk import RequestTimeout, Sandbox, StdoutEvent
 from tests.conftest import Gateway, container_ids
 from tests.sse import check_sequence, parse_wire, stream_events
 
@@ -207,16 +207,18 @@ def test_a_kill_is_told_from_other_sigkills_everywhere(
 
 def test_sdk_timeouts_follow_the_run(gateway: Gateway, new_sandbox: Callable[..., Any]) -> None:
     """A client timeout of 1 s for ordinary calls: a stream silent for 3 s (no keep-alive
-    within that time at the default 15 s) and a 3 s run waited for as JSON both finish."""
+    within that time at the default 15 s) and a 3 s run both finish."""
     sid = new_sandbox()["id"]
-    with Petri(gateway.url, timeout=1) as petri:
-        sandbox = petri.get(sid)
+    sandbox = Sandbox.connect(sid, url=gateway.url, timeout=1)
+    try:
         events = list(sandbox.stream(command="sleep 3; echo streamed"))
         assert events[-1].type == "exit" and events[-1].data["exit_code"] == 0
-        assert "".join(e.data.get("text", "") for e in events if e.type == "stdout") == (
-            "streamed\n"
-        )
-        result = sandbox.run(command="sleep 3; echo waited", timeout_seconds=30)
-        assert result["stdout"] == "waited\n" and result["exit_code"] == 0
-        with pytest.raises(httpx.ReadTimeout):  # ordinary calls keep the client's timeout
-            petri.http.post(f"/v1/sandboxes/{sid}/exec", json={"command": "sleep 3"})
+        assert "".join(e.text for e in events if isinstance(e, StdoutEvent)) == "streamed\n"
+        result = sandbox.run_command("sleep 3; echo waited", timeout=30)
+        assert result.stdout == "waited\n" and result.exit_code == 0
+        with pytest.raises(RequestTimeout):  # ordinary calls keep the client's timeout
+            sandbox.client.request(
+                "POST", f"/v1/sandboxes/{sid}/exec", json={"command": "sleep 3"}
+            )
+    finally:
+        sandbox.close()

@@ -227,3 +227,24 @@ def test_each_runtime_runs_its_smoke_program(
         json={"code": runtime.smoke_path.read_text(), "timeout_seconds": 120},
     ).json()
     assert runtime.smoke_expect in code["stdout"], code
+
+
+def test_args_reach_the_program_as_given_never_through_a_shell(
+    client: httpx.Client, sandbox: dict[str, Any]
+) -> None:
+    url = f"/v1/sandboxes/{sandbox['id']}/exec"
+    odd = ["two words", "$HOME", "; rm -rf /", "'\"", "-n", ""]
+    code = "import sys, json\nprint(json.dumps(sys.argv[1:]))\n"
+    assert json.loads(client.post(url, json={"code": code, "args": odd}).json()["stdout"]) == odd
+    client.put(f"/v1/sandboxes/{sandbox['id']}/files/a.py", content=code.encode())
+    r = client.post(url, json={"filename": "a.py", "args": odd}).json()
+    assert json.loads(r["stdout"]) == odd
+    r = client.post(url, json={"command": 'printf "%s|" "$@"; echo "$#"', "args": odd}).json()
+    assert r["stdout"] == "|".join(odd) + "|6\n"
+    r = client.post(url, json={"command": "echo $0 $#"}).json()  # no args: bash -c as before
+    assert r["stdout"] == "/bin/bash 0\n"
+    for bad in ({"code": "1", "args": "a b"}, {"code": "1", "args": [1]},
+                {"code": "1", "args": ["a\x00b"]}, {"test": True, "args": ["-k", "x"]},
+                {"code": "1", "args": ["x"] * 1025}):
+        refused = client.post(url, json=bad)
+        assert refused.status_code == 422, (bad, refused.text)

@@ -123,8 +123,7 @@ def test_openapi_describes_every_route_and_only_real_ones(c: httpx.Client) -> No
 
 def _url(path: str, sid: str) -> str:
     return path.format(
-        sid=sid, eid="ex-0000000000000000", path="f.txt", svid="sv-0000000000000000",
-        name="hygiene-secret",
+        sid=sid, eid="ex-0000000000000000", path="f.txt", svid="sv-0000000000000000", name="db"
     )
 
 

@@ -14,7 +14,7 @@ import httpx
 import pytest
 from httpx_sse import connect_sse
 
-from petri_sdk import Petri
+from petri_sdk import AsyncSandbox, Sandbox, StdoutEvent
 from tests.conftest import Gateway, running_gateway
 from tests.sse import check_sequence, stream_events, text
 
@@ -71,15 +71,25 @@ def test_httpx_sse_sees_no_keepalive_as_an_event(c: httpx.Client, sid: str) -> N
 
 
 def test_the_sdk_reads_a_silent_run_through(quick_ping_gateway: Gateway) -> None:
-    with Petri(quick_ping_gateway.url) as petri:
-        sandbox = petri.create("python")
-        try:
-            events = list(sandbox.stream(command=QUIET))
-        finally:
-            sandbox.delete()
+    """Both twins, a stream and a run with callbacks, each silent for 2 s (~10 keep-alives)."""
+    with Sandbox.create("python", url=quick_ping_gateway.url) as sb:
+        events = list(sb.stream(command=QUIET))
+        chunks: list[str] = []
+        ex = sb.run_command(QUIET, on_stdout=chunks.append)
     assert [e.type for e in events] == ["start", "stdout", "stdout", "exit"]
     assert [e.id for e in events] == [1, 2, 3, 4]
-    assert "".join(e.data["text"] for e in events if e.type == "stdout") == "before\nafter\n"
+    assert "".join(e.text for e in events if isinstance(e, StdoutEvent)) == "before\nafter\n"
+    assert ex.stdout == "before\nafter\n" and chunks == ["before\n", "after\n"]
+    assert ex.exit_code == 0 and ex.status == "exited"
+
+
+async def test_the_async_sdk_reads_a_silent_run_through(quick_ping_gateway: Gateway) -> None:
+    async with AsyncSandbox.create("python", url=quick_ping_gateway.url) as sb:
+        events = [e async for e in sb.stream(command=QUIET)]
+        ex = await sb.run_command(QUIET)
+    assert [e.type for e in events] == ["start", "stdout", "stdout", "exit"]
+    assert [e.id for e in events] == [1, 2, 3, 4]
+    assert ex.stdout == "before\nafter\n" and ex.exit_code == 0
 
 
 def test_curl_shows_keepalive_comment_lines_between_events(

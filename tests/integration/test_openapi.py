@@ -255,3 +255,33 @@ def test_every_event_matches_its_documented_data(
             assert not missing, missing
             seen.add(event.type)
     assert {"start", "stdout", "stderr", "truncated", "exit"} <= seen
+
+
+def test_test_mode_events_and_answer_match_the_document(
+    client: httpx.Client, sandbox: dict[str, Any], doc: dict[str, Any]
+) -> None:
+    """Test mode's `app`, `ready`, `report`, `exit.tests` and the JSON answer's `tests` and
+    `app`: as documented, nothing left out (a failing and a passing test, a chatty app)."""
+    sid = sandbox["id"]
+    tests = b"def test_ok():\n    pass\n\ndef test_bad():\n    assert 1 == 2, 'no'\n"
+    assert client.put(f"/v1/sandboxes/{sid}/files/test_x.py", content=tests).status_code == 201
+    app = {"command": "python3 -m http.server --bind 127.0.0.1 5000", "port": 5000,
+           "ready_path": "/"}
+    url = f"/v1/sandboxes/{sid}/exec"
+    seen: set[str] = set()
+    for event in stream_events(client, "POST", url, json={"test": True, "app": app}):
+        name = EVENT_DATA[event.type].__name__
+        schema = {"$ref": f"#/components/schemas/{name}", "components": doc["components"]}
+        errors = [e.message for e in Draft202012Validator(schema).iter_errors(event.data)]
+        assert not errors, (event.type, errors, event.data)
+        assert not _undocumented(event.data, schema, doc, event.type)
+        seen.add(event.type)
+    assert {"app", "ready", "report", "exit"} <= seen
+    r = client.post(url, json={"test": True, "app": app})
+    response = doc["paths"]["/v1/sandboxes/{sid}/exec"]["post"]["responses"]["200"]
+    schema = {**response["content"]["application/json"]["schema"],
+              "components": doc["components"]}
+    body = r.json()
+    assert body["tests"]["failed"] == 1 and body["app"]["stderr"]
+    assert not [e.message for e in Draft202012Validator(schema).iter_errors(body)]
+    assert not _undocumented(body, schema, doc, "body")

@@ -27,7 +27,7 @@ from tests.index import Server, bridge_address, build_wheel, write_simple_index
 
 IMAGE = os.environ.get("PETRI_SELFTEST_IMAGE", "petri-gateway:selftest")
 CONTEXT_FILES = ("Dockerfile", ".dockerignore", "pyproject.toml", "README.md")
-CONTEXT_DIRS = ("gateway", "runtimes")
+CONTEXT_DIRS = ("gateway", "petri_sdk", "runtimes")
 BUILD_TIMEOUT_SECONDS = 1800
 COMPOSE_FILE = ROOT / "docker-compose.yml"
 

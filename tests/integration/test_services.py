@@ -3,6 +3,7 @@ proxied to a real app in a sandbox), their lifetimes, limits and clean-up."""
 
 from __future__ import annotations
 
+import concurrent.futures
 import contextlib
 import hashlib
 import json
@@ -163,6 +164,48 @@ def test_twenty_megabytes_stream_both_ways_byte_for_byte(
         assert r.status_code == 200 and r.headers["content-length"] == str(size)
         got = b"".join(r.iter_raw())
     assert got == pattern_bytes(size)
+
+
+def test_the_proxy_keeps_connections_alive_and_survives_the_app_closing_them(
+    client: httpx.Client, new_sandbox: MakeSandbox, pc: httpx.Client
+) -> None:
+    service = start_ready(client, new_sandbox()["id"])
+    url = service["preview_url"]
+    # Requests one after another reuse one connection to the app (the relay makes one TCP
+    # connection to the app per connection to its socket: the app sees the same port).
+    ports = {pc.get(url + "peer").json()["port"] for _ in range(5)}
+    assert len(ports) == 1, ports
+    # The app closes a kept-alive connection without warning: the next request still
+    # answers, on a new connection, also with a body, and the pool does not keep a dead one.
+    for method, body in (("GET", None), ("POST", b"x" * 1000), ("GET", None)):
+        r = pc.get(url + "drop")
+        assert r.status_code == 200 and r.json() == {"dropped": True}
+        time.sleep(0.2)  # the close reaches the gateway before the next request (or not)
+        r = pc.request(method, url + "echo", content=body)
+        assert r.status_code == 200 and r.content == (body or b""), r.text[:300]
+    for _ in range(3):  # right after a close, with no pause in between
+        assert pc.get(url + "drop").status_code == 200
+        assert pc.get(url + "peer").status_code == 200
+    # Concurrent requests each get a connection of their own, and all answer.
+    with (
+        httpx.Client(timeout=30, trust_env=False) as other,
+        concurrent.futures.ThreadPoolExecutor(8) as pool,
+    ):
+        got = list(pool.map(lambda _: other.get(url + "work?ms=200").status_code, range(8)))
+    assert got == [200] * 8
+
+
+def test_an_answer_the_app_gives_before_reading_the_body_reaches_the_caller(
+    client: httpx.Client, new_sandbox: MakeSandbox, pc: httpx.Client
+) -> None:
+    service = start_ready(client, new_sandbox()["id"])
+    url = service["preview_url"]
+    for size in (1000, 8 * MB):
+        r = pc.post(url + "early", content=b"x" * size)
+        assert r.status_code in (413, 502), (size, r.status_code, r.text[:300])
+        if size == 1000:  # all of it was in before the app answered: its answer is relayed
+            assert r.status_code == 413 and r.json() == {"too": "large"}
+    assert pc.get(url + "peer").status_code == 200  # and the next request is fine
 
 
 def test_websocket_echo_through_the_preview(

@@ -376,7 +376,6 @@ name = "demo"
 image = "petri-demo"
 source_file = "main.demo"
 run = ["demo", "{file}"]
-test = ["demo", "test"]
 manifests = ["demo.lock"]
 smoke = "smoke.demo"
 smoke_expect = "ok"

@@ -17,7 +17,6 @@ name = "demo"
 image = "petri-demo"
 source_file = "main.demo"
 run = ["demo", "--flag", "{file}"]
-test = ["demo", "test"]
 manifests = ["demo.lock"]
 smoke = "smoke/main.demo"
 smoke_expect = "petri smoke ok"
@@ -44,7 +43,7 @@ def test_loads_a_valid_runtime(tmp_path: Path) -> None:
     assert isinstance(rt, Runtime)
     assert rt.image == "petri-demo:latest"
     assert rt.run == ("demo", "--flag", "{file}")
-    assert rt.test == ("demo", "test")
+    assert rt.test is None  # no [test]: test mode is refused for this runtime
     assert rt.manifests == ("demo.lock",)
     assert dict(rt.env) == {"DEMO_UNBUFFERED": "1"}
     assert rt.folder == folder
@@ -73,7 +72,7 @@ def test_repository_runtimes_load() -> None:
     [
         ('name = "demo"\n', "", "missing required key 'name'"),
         ('smoke_expect = "petri smoke ok"\n', "", "missing required key 'smoke_expect'"),
-        ('test = ["demo", "test"]\n', "", "missing required key 'test'"),
+        ('manifests = ["demo.lock"]\n', "", "missing required key 'manifests'"),
         ('name = "demo"', 'name = "other"', "must match its folder name"),
         ('name = "demo"', "name = 3", "'name' must be a non-empty string"),
         ('image = "petri-demo"', 'image = ""', "'image' must be a non-empty string"),
@@ -138,3 +137,75 @@ def test_content_hash_is_stable_and_sensitive(tmp_path: Path) -> None:
 def test_content_hash_of_repository_runtimes_differ() -> None:
     hashes = {content_hash(folder) for folder in REPO_RUNTIMES.iterdir() if folder.is_dir()}
     assert len(hashes) == 4
+
+
+# --- runtime.toml `[test]` (test mode's runners) ----------------------------------------------
+
+TEST_TABLE = """
+[test]
+paths = true
+
+[[test.runners]]
+name = "special"
+detect = "npm-test-script"
+run = "npm test"
+report = "junit"
+
+[[test.runners]]
+name = "plain"
+run = "demo test"
+report = "go-json"
+"""
+
+
+def test_test_runners_load(tmp_path: Path) -> None:
+    make_runtime(tmp_path, GOOD + TEST_TABLE)
+    spec = load_runtimes(tmp_path)["demo"].test
+    assert spec is not None and spec.paths is True
+    assert [(r.name, r.detect, r.report) for r in spec.runners] == [
+        ("special", "npm-test-script", "junit"),
+        ("plain", "", "go-json"),
+    ]
+
+
+@pytest.mark.parametrize(
+    ("old", "new", "message"),
+    [
+        ("paths = true", 'paths = "yes"', "test.paths must be true or false"),
+        ("paths = true", "paths = true\nmode = 1", "unknown [test] key(s): mode"),
+        ('report = "go-json"', 'report = "tap"', "report must be one of: go-json, junit"),
+        ('detect = "npm-test-script"', 'detect = "guess"', "detect must be one of"),
+        ('run = "demo test"', 'run = ""', "name, run and report are required"),
+        ('run = "demo test"', "run = 3", "name, run, report and detect are strings"),
+        ('name = "plain"', 'name = "plain"\nwhen = ["x"]', "unknown key(s): when"),
+        ('name = "plain"\nrun', 'name = "plain"\ndetect = "maven-surefire"\nrun', "the fallback"),
+    ],
+)
+def test_bad_test_runners_raise(tmp_path: Path, old: str, new: str, message: str) -> None:
+    toml = GOOD + TEST_TABLE
+    assert old in toml
+    make_runtime(tmp_path, toml.replace(old, new, 1))
+    with pytest.raises(ValueError) as info:
+        load_runtimes(tmp_path)
+    assert message in str(info.value)
+
+
+def test_the_old_test_argv_is_refused_clearly(tmp_path: Path) -> None:
+    make_runtime(tmp_path, GOOD.replace("manifests =", 'test = ["demo", "test"]\nmanifests ='))
+    with pytest.raises(ValueError, match=r"test must be a table \(\[test\] with"):
+        load_runtimes(tmp_path)
+
+
+def test_repository_runtimes_all_have_test_runners() -> None:
+    runtimes = load_runtimes(REPO_RUNTIMES)
+    names = {n: [r.name for r in rt.test.runners] for n, rt in runtimes.items() if rt.test}
+    assert names == {
+        "python": ["pytest"],
+        "node": ["npm test", "node --test"],
+        "go": ["go test"],
+        "java": ["maven", "junit"],
+    }
+    for rt in runtimes.values():
+        assert rt.test is not None
+        for runner in rt.test.runners:
+            assert "$PETRI_REPORT_DIR" in runner.run or runner.report == "go-json"

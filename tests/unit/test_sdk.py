@@ -11,7 +11,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from petri_sdk import Petri, Sandbox
+from petri_sdk import Client, Sandbox, SandboxInfo, StdoutEvent
 
 STREAM = (
     b": hello\n"
@@ -63,14 +63,15 @@ def test_follow_skips_what_is_not_a_petri_event(
     crafted_server: tuple[str, list[bytes]],
 ) -> None:
     url, requests = crafted_server
-    with Petri(url, timeout=5) as petri:
-        events = list(Sandbox(petri, {"id": "sb-x"}).follow("ex-x"))
+    with Client(url, timeout=5) as client:
+        sandbox = Sandbox(SandboxInfo("sb-x", "python", "running"), client)
+        events = list(sandbox.stream(execution_id="ex-x"))
     assert [(e.id, e.type) for e in events] == [
         (1, "start"),
         (2, "stdout"),
         (7, "stdout"),
         (8, "exit"),
     ]
-    assert [e.data.get("text") for e in events if e.type == "stdout"] == ["a", "b"]
+    assert [e.text for e in events if isinstance(e, StdoutEvent)] == ["a", "b"]
     assert b"GET /v1/sandboxes/sb-x/executions/ex-x/events" in requests[0]
     assert b"last-event-id: 0" in requests[0].lower()

@@ -1,0 +1,85 @@
+# Generated from petri_sdk/_async/services.py by scripts/gen_sync_sdk.py: do not edit.
+"""`sb.services`: long-running processes the gateway exposes at a preview URL (serve mode)."""
+
+from __future__ import annotations
+
+import builtins
+from contextlib import closing
+from typing import TYPE_CHECKING, Any
+
+from .._base import quoted, seconds
+from ..errors import ServiceFailed, ServiceNotFound
+from ..events import ReadyEvent
+from ..executions import Collector, OutputCallback
+from ..records import Service
+from . import _io
+
+if TYPE_CHECKING:
+    from .sandbox import Sandbox
+
+
+class Services:
+    def __init__(self, sandbox: Sandbox) -> None:
+        self._sandbox = sandbox
+
+    @property
+    def _path(self) -> str:
+        return f"{self._sandbox.path}/services"
+
+    def start(
+        self,
+        command: str,
+        port: int,
+        *,
+        ready_path: str | None = None,
+        ready_timeout: float | None = None,
+        preview_ttl: float | None = None,
+        wait: bool = True,
+        on_stdout: OutputCallback | None = None,
+        on_stderr: OutputCallback | None = None,
+    ) -> Service:
+        """Start `command` (it must listen on `port`) and return once it answers HTTP there
+        (`wait=False`: at once, status "starting"). A service that exits or never answers
+        raises `ServiceFailed`, whose `execution` holds its output."""
+        body: dict[str, Any] = {"command": command, "port": port}
+        if ready_path is not None:
+            body["ready_path"] = ready_path
+        if ready_timeout is not None:
+            body["ready_timeout_seconds"] = seconds(ready_timeout)
+        if preview_ttl is not None:
+            body["preview_ttl_seconds"] = seconds(preview_ttl)
+        service = Service.from_json(self._sandbox.client.json("POST", self._path, json=body))
+        if not wait:
+            return service
+        collector = Collector(on_stdout=on_stdout, on_stderr=on_stderr)
+        client = self._sandbox.client
+        with closing(client.follow(self._sandbox.id, service.execution_id)) as events:
+            for event in events:
+                for fn, arg in collector.add(event):
+                    _io.call(fn, arg)
+                if isinstance(event, ReadyEvent):
+                    return self.get(service.id)
+        execution = collector.result()
+        why = execution.error.message if execution.error else f"exit code {execution.exit_code}"
+        code = execution.error.code if execution.error else "service_exited"
+        exc = ServiceFailed(f"service {service.id} ended before it was ready: {why}", code=code)
+        exc.execution = execution
+        raise exc
+
+    def list(self) -> builtins.list[Service]:
+        answer = self._sandbox.client.json("GET", self._path)
+        return [Service.from_json(s) for s in answer.get("services", [])]
+
+    def get(self, service_id: str) -> Service:
+        return Service.from_json(
+            self._sandbox.client.json(
+                "GET", f"{self._path}/{quoted(service_id)}", not_found=ServiceNotFound
+            )
+        )
+
+    def stop(self, service: str | Service) -> None:
+        """Stop a service and revoke its preview URL."""
+        service_id = service.id if isinstance(service, Service) else service
+        self._sandbox.client.request(
+            "DELETE", f"{self._path}/{quoted(service_id)}", not_found=ServiceNotFound
+        )

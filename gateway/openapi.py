@@ -513,6 +513,19 @@ AUDIT_STREAM = """Server-Sent Events: one `audit` event per ledger record (`id:`
 first, then each new one as it is appended. Keep-alive comment lines while nothing happens."""
 
 
+# One event of the stream, as SSE parsers (and schemathesis) read it: its fields as strings.
+AUDIT_EVENT = {
+    "type": "object",
+    "description": AUDIT_STREAM,
+    "properties": {
+        "id": {"type": "string", "pattern": "^[0-9]+$"},
+        "event": {"const": "audit"},
+        "data": {"type": "string", "contentMediaType": "application/json"},
+    },
+    "required": ["id", "event", "data"],
+}
+
+
 def _teams_paths() -> dict[str, Any]:
     """Secrets, the audit ledger, metrics (DESIGN §11)."""
     return {
@@ -576,11 +589,7 @@ def _teams_paths() -> dict[str, Any]:
                     {
                         "200": {
                             "description": "the records",
-                            "content": {
-                                "text/event-stream": {
-                                    "schema": {"type": "string", "description": AUDIT_STREAM}
-                                }
-                            },
+                            "content": {"text/event-stream": {"schema": AUDIT_EVENT}},
                         }
                     },
                     400, 401,

@@ -3,7 +3,7 @@
     python scripts/dashboard_screenshots.py [GATEWAY_URL]   # default $PETRI_URL or :8000
 
 Drives Debian's /usr/bin/chromium (scripts/ensure-browser.sh) with Playwright. Creates one
-sandbox, runs a few programs in it, takes the pictures and deletes the sandbox.
+sandbox, starts a service and runs a few programs in it, takes the pictures and deletes the sandbox.
 """
 
 from __future__ import annotations
@@ -36,7 +36,10 @@ print("saved model.pkl")
 def run(page: Page, mode: str, source: str) -> None:
     page.check(f"input[name=mode][value={mode}]")
     page.fill("#source", source)
+    before = page.url
     page.click("#run")
+    # The new run's view first: the previous run's "ended" must not count as this one's.
+    page.wait_for_url(lambda u: u != before and "/executions/" in u)
     page.wait_for_selector("#run-conn[data-state=ended]", timeout=120_000)
 
 
@@ -52,6 +55,9 @@ def main() -> None:
             z.writestr("README.md", "# demo\n")
         api.post(f"/v1/sandboxes/{sid}/upload", content=packed.getvalue(),
                  headers={"content-type": "application/zip"})
+        # A service (serve mode), so the Services panel shows one with its preview link.
+        api.post(f"/v1/sandboxes/{sid}/services",
+                 json={"command": "python3 -m http.server 8080", "port": 8080})
         try:
             with sync_playwright() as pw:
                 browser = pw.chromium.launch(executable_path="/usr/bin/chromium", args=ARGS)

@@ -17,8 +17,34 @@ function report(ok, error) {
   for (const fn of listeners) fn(ok, error);
 }
 
+// The API key, when the gateway has keys: kept in sessionStorage (this tab, until it closes),
+// never in localStorage, and sent as `Authorization: Bearer` on every request.
+const KEY_ITEM = "petri.key";
+export function getKey() {
+  try {
+    return sessionStorage.getItem(KEY_ITEM) || "";
+  } catch {
+    return "";
+  }
+}
+export function setKey(key) {
+  if (key) sessionStorage.setItem(KEY_ITEM, key);
+  else sessionStorage.removeItem(KEY_ITEM);
+}
+/** The headers that authenticate a request: none while no key is kept. */
+export function authHeaders() {
+  const key = getKey();
+  return key ? { Authorization: `Bearer ${key}` } : {};
+}
+
+const authListeners = new Set();
+/** Called with the ApiError when the gateway answers 401: it wants a (valid) key. */
+export function onUnauthorized(fn) {
+  authListeners.add(fn);
+}
+
 export async function api(method, path, { json, body, headers = {} } = {}) {
-  const init = { method, headers: { Accept: "application/json", ...headers } };
+  const init = { method, headers: { Accept: "application/json", ...authHeaders(), ...headers } };
   if (json !== undefined) {
     init.body = JSON.stringify(json);
     init.headers["Content-Type"] = "application/json";
@@ -48,7 +74,9 @@ export async function api(method, path, { json, body, headers = {} } = {}) {
     } catch {
       // not JSON: keep the status line
     }
-    throw new ApiError(res.status, String(code), String(message));
+    const error = new ApiError(res.status, String(code), String(message));
+    if (res.status === 401) for (const fn of authListeners) fn(error);
+    throw error;
   }
   return res.status === 204 ? null : res.json();
 }
@@ -60,5 +88,7 @@ function isJson(res) {
 export const sandboxPath = (sid) => `/v1/sandboxes/${encodeURIComponent(sid)}`;
 export const executionPath = (sid, eid) =>
   `${sandboxPath(sid)}/executions/${encodeURIComponent(eid)}`;
+export const servicePath = (sid, svid) =>
+  `${sandboxPath(sid)}/services${svid ? `/${encodeURIComponent(svid)}` : ""}`;
 export const filePath = (sid, path) =>
   `${sandboxPath(sid)}/files/${path.split("/").map(encodeURIComponent).join("/")}`;

@@ -1,6 +1,9 @@
 // The Petri dashboard: sandboxes, their executions and files, a run box and live output.
 // Plain ES modules, no build step; served by the gateway at `/` (same origin, so no CORS).
-import { api, filePath, onReachability, sandboxPath } from "./api.js";
+import {
+  api, authHeaders, filePath, getKey, onReachability, onUnauthorized, sandboxPath, servicePath,
+  setKey,
+} from "./api.js";
 import { $, ago, bytes, commandOf, duration, el, outcome, ttl } from "./dom.js";
 import { RunView } from "./output.js";
 
@@ -21,7 +24,10 @@ const state = {
   eid: null,
   view: null, // the RunView on screen
   seen: undefined, // the selected sandbox's last_active_at when we last read its details
+  eventsUrls: new Map(), // execution id -> the events_url (with its token) its 202 gave
+  servicePolls: 0, // refreshes left while a service of the selected sandbox is starting
 };
+const LIVE = new Set(["starting", "ready"]);
 
 // --- errors and the gateway's reachability ---------------------------------------------------
 
@@ -52,6 +58,60 @@ async function attempt(what, fn) {
     else showError(`${what} failed: the gateway does not answer.`);
     return undefined;
   }
+}
+
+// --- the API key (a gateway with keys answers 401 without one) --------------------------------
+
+function showKeyForm(message) {
+  const form = $("key-form");
+  $("key-status").textContent = getKey() ? `The key was refused: ${message}` : "";
+  if (form.hidden) {
+    form.hidden = false;
+    $("api-key").focus();
+  }
+}
+
+onUnauthorized((error) => showKeyForm(error.message));
+
+function renderKeyButton() {
+  $("forget-key").hidden = !getKey();
+}
+
+async function useKey(event) {
+  event.preventDefault();
+  const key = $("api-key").value.trim();
+  if (!key) return;
+  setKey(key);
+  $("api-key").value = "";
+  $("key-status").textContent = "Checking…";
+  renderKeyButton();
+  try {
+    await refreshSandboxes();
+  } catch {
+    return; // a 401 shows the form again with why
+  }
+  $("key-form").hidden = true;
+  $("key-status").textContent = "";
+  $("error").hidden = true;
+  reopen();
+}
+
+function forgetKey() {
+  setKey("");
+  renderKeyButton();
+  state.sandboxes = new Map();
+  state.eventsUrls.clear();
+  renderSandboxes();
+  location.hash = "#/";
+  refreshSandboxes().catch(() => {});
+}
+
+/** Read the selected sandbox and execution again (after a key was given). */
+function reopen() {
+  state.view?.close();
+  state.view = null;
+  if (state.sid) loadDetails().catch(() => {});
+  route();
 }
 
 // --- sandboxes -------------------------------------------------------------------------------
@@ -184,7 +244,99 @@ async function deleteSandbox() {
 async function loadDetails() {
   state.seen = null; // the next list read records last_active_at after these reads
   const sid = state.sid;
-  await Promise.all([refreshExecutions(sid), refreshFiles(sid)]);
+  await Promise.all([refreshExecutions(sid), refreshFiles(sid), refreshServices(sid)]);
+}
+
+// --- services (serve mode): a long-running process and its preview link ----------------------
+
+async function refreshServices(sid = state.sid) {
+  let r;
+  try {
+    r = await api("GET", servicePath(sid));
+  } catch (error) {
+    if (sid === state.sid && error.status === 404) renderServices(sid, []);
+    return;
+  }
+  if (sid !== state.sid) return;
+  renderServices(sid, r.services);
+  // While one is starting, look again each second (a minute at most) to show it ready.
+  if (r.services.some((x) => x.status === "starting") && state.servicePolls > 0) {
+    state.servicePolls--;
+    setTimeout(() => refreshServices(sid), 1000);
+  }
+}
+
+/** Only an http(s) URL becomes a link: the API's text is never trusted as a scheme. */
+function safeUrl(url) {
+  try {
+    const u = new URL(String(url), location.href);
+    return u.protocol === "http:" || u.protocol === "https:" ? u.href : null;
+  } catch {
+    return null;
+  }
+}
+
+function renderServices(sid, services) {
+  const rows = services.map((sv) => {
+    const live = LIVE.has(sv.status);
+    const cls = sv.status === "ready" ? "ok" : sv.status === "starting" ? "running" : "muted";
+    const href = `#/sandboxes/${encodeURIComponent(sid)}/executions/${encodeURIComponent(sv.execution_id)}`;
+    const url = live ? safeUrl(sv.preview_url) : null;
+    const stop = el("button", { type: "button", class: "small danger stop", hidden: !live }, "Stop");
+    stop.addEventListener("click", () => stopService(sid, sv.id, stop));
+    return el("li", { "data-id": sv.id, "data-status": sv.status },
+      el("a", { href, class: "service-link", title: `${sv.id}: follow its output`,
+        "aria-current": sv.execution_id === state.eid ? "true" : null },
+        el("span", { class: `badge ${cls}` }, String(sv.status)),
+        el("code", { class: "command" }, String(sv.command)),
+        el("span", { class: "muted" }, `:${sv.port}`)),
+      el("span", { class: "service-actions" },
+        url ? el("a", { href: url, class: "preview", target: "_blank",
+          rel: "noopener noreferrer" }, "Open preview ↗") : "",
+        stop));
+  });
+  $("services").replaceChildren(...rows);
+  $("no-services").hidden = services.length > 0;
+}
+
+async function startService(event) {
+  event.preventDefault();
+  const sid = state.sid;
+  const command = $("service-command").value.trim();
+  const port = Number($("service-port").value);
+  if (!sid || !command) return;
+  $("service-start").disabled = true;
+  const sv = await attempt("Starting the service", () =>
+    api("POST", servicePath(sid), { json: { command, port } }));
+  $("service-start").disabled = false;
+  if (!sv) return;
+  state.servicePolls = 60;
+  location.hash = `#/sandboxes/${encodeURIComponent(sid)}/executions/${encodeURIComponent(sv.execution_id)}`;
+  await refreshServices(sid);
+  refreshExecutions(sid);
+}
+
+async function stopService(sid, svid, button) {
+  button.disabled = true;
+  await attempt("Stopping the service", () => api("DELETE", servicePath(sid, svid)));
+  await refreshServices(sid);
+}
+
+/** With a key, a download is fetched with it (a plain link cannot send the header). */
+async function downloadWithKey(event) {
+  const link = event.target.closest("a[download]");
+  if (!link || !getKey()) return;
+  event.preventDefault();
+  await attempt("Downloading", async () => {
+    const res = await fetch(link.getAttribute("href"), { headers: authHeaders() });
+    if (!res.ok) throw new Error(`HTTP ${res.status}`);
+    const url = URL.createObjectURL(await res.blob());
+    const a = el("a", { href: url, download: link.getAttribute("download") });
+    document.body.append(a);
+    a.click();
+    a.remove();
+    setTimeout(() => URL.revokeObjectURL(url), 60_000);
+  });
 }
 
 async function refreshExecutions(sid = state.sid) {
@@ -317,6 +469,7 @@ async function run(event) {
     api("POST", `${sandboxPath(sid)}/exec`, { json: body }));
   $("run").disabled = false;
   if (!r) return;
+  if (r.events_url) state.eventsUrls.set(r.execution_id, r.events_url);
   location.hash = `#/sandboxes/${encodeURIComponent(sid)}/executions/${encodeURIComponent(r.execution_id)}`;
   refreshExecutions(sid);
 }
@@ -343,6 +496,8 @@ function route() {
     $("executions").replaceChildren();
     $("files").replaceChildren();
     $("files-status").textContent = "";
+    $("services").replaceChildren();
+    $("no-services").hidden = true;
     if (sid) {
       renderSandboxHead();
       fillExample();
@@ -358,6 +513,7 @@ function route() {
     root.hidden = !eid;
     if (eid && sid) {
       state.view = new RunView(root, sid, eid, {
+        eventsUrl: getKey() ? state.eventsUrls.get(eid) : null,
         onEnd: () => loadDetails().then(() => refreshSandboxes()).catch(() => {}),
       });
     } else {
@@ -365,6 +521,9 @@ function route() {
     }
     for (const a of $("executions").querySelectorAll("a")) {
       markCurrent(a, a.closest("li").dataset.id === eid);
+    }
+    for (const a of $("services").querySelectorAll("a.service-link")) {
+      markCurrent(a, a.getAttribute("href").endsWith(`/executions/${encodeURIComponent(eid)}`));
     }
   }
 }
@@ -392,6 +551,11 @@ function start() {
   }
   $("refresh").addEventListener("click", () => state.sid && loadDetails());
   setupDropzone();
+  $("files").addEventListener("click", downloadWithKey);
+  $("service-form").addEventListener("submit", startService);
+  $("key-form").addEventListener("submit", useKey);
+  $("forget-key").addEventListener("click", forgetKey);
+  renderKeyButton();
   window.addEventListener("hashchange", route);
   route();
   refreshSandboxes().then(() => {

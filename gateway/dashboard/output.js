@@ -1,6 +1,6 @@
 // One execution on screen: its event stream (EventSource, resumed without gaps or duplicates)
 // and its output, rendered in batches once per animation frame.
-import { api, ApiError, executionPath } from "./api.js";
+import { api, ApiError, authHeaders, executionPath, getKey } from "./api.js";
 import { commandOf, duration, el, outcome } from "./dom.js";
 
 // Event types this page understands (DESIGN §4, §9). EventSource only dispatches named events
@@ -128,8 +128,12 @@ class Pane {
 
 export class RunView {
   /** Show execution `eid` of sandbox `sid` in `root`; `onEnd` runs once when it has ended. */
-  constructor(root, sid, eid, { onEnd }) {
+  constructor(root, sid, eid, { onEnd, eventsUrl = null }) {
     this.root = root;
+    // With a key: the 202's events_url carries a token (EventSource cannot send headers);
+    // a run without one (a replay, a deep link) is read with fetch and the key instead.
+    this.eventsUrl = eventsUrl;
+    this.abort = null;
     this.sid = sid;
     this.eid = eid;
     this.onEnd = onEnd;
@@ -225,7 +229,10 @@ export class RunView {
   }
 
   connect() {
-    const url = `${executionPath(this.sid, this.eid)}/events${this.lastId ? `?after=${this.lastId}` : ""}`;
+    const after = this.lastId ? `after=${this.lastId}` : "";
+    if (getKey() && !this.eventsUrl) return this.connectFetch(after);
+    const base = this.eventsUrl || `${executionPath(this.sid, this.eid)}/events`;
+    const url = after ? `${base}${base.includes("?") ? "&" : "?"}${after}` : base;
     const es = new EventSource(url);
     this.es = es;
     es.onopen = () => {
@@ -251,13 +258,68 @@ export class RunView {
     for (const type of TYPES) es.addEventListener(type, (e) => this.receive(type, e));
   }
 
+  /** The stream read with fetch, so it can carry the key; resumed from our last id. */
+  async connectFetch(after) {
+    const abort = new AbortController();
+    this.abort = abort;
+    const url = `${executionPath(this.sid, this.eid)}/events${after ? `?${after}` : ""}`;
+    try {
+      const res = await fetch(url, { headers: { Accept: "text/event-stream", ...authHeaders() },
+        signal: abort.signal, cache: "no-store" });
+      if (!res.ok || !(res.headers.get("content-type") || "").startsWith("text/event-stream")) {
+        throw new Error(`HTTP ${res.status}`);
+      }
+      this.failures = 0;
+      this.setConn("live");
+      const reader = res.body.pipeThrough(new TextDecoderStream()).getReader();
+      let buffer = "";
+      let event = { type: "message", id: "", data: [] };
+      for (;;) {
+        const { value, done } = await reader.read();
+        if (done) break;
+        buffer += value;
+        const lines = buffer.split(/\r\n|\r|\n/);
+        buffer = lines.pop();
+        for (const line of lines) {
+          if (line === "") {
+            if (event.data.length) {
+              this.receive(event.type, { lastEventId: event.id, data: event.data.join("\n") });
+            }
+            event = { type: "message", id: event.id, data: [] };
+            continue;
+          }
+          if (line.startsWith(":")) continue;
+          const colon = line.indexOf(":");
+          const field = colon < 0 ? line : line.slice(0, colon);
+          let v = colon < 0 ? "" : line.slice(colon + 1);
+          if (v.startsWith(" ")) v = v.slice(1);
+          if (field === "event") event.type = v;
+          else if (field === "data") event.data.push(v);
+          else if (field === "id") event.id = v;
+        }
+        if (this.ended) break;
+      }
+    } catch {
+      if (abort.signal.aborted) return;
+    }
+    if (this.ended || abort !== this.abort) return;
+    // The stream ended or failed before the run did: again from our last id after a pause.
+    this.reconnects++;
+    this.setConn("reconnecting");
+    const delay = Math.min(10_000, 500 * 2 ** this.failures++);
+    this.timer = setTimeout(() => this.retry(), delay);
+  }
+
   async retry() {
     if (this.ended) return;
     try {
       await api("GET", executionPath(this.sid, this.eid));
     } catch (error) {
       if (error instanceof ApiError && error.status === 404) return this.fail(error.message);
+      // A token that expired or whose key went: read on with the key, if the page has one.
+      if (error instanceof ApiError && error.status === 401) return this.fail(error.message);
     }
+    if (this.eventsUrl && getKey()) this.eventsUrl = null; // a token lasts minutes; the key stays
     if (!this.ended) this.connect();
   }
 
@@ -269,6 +331,7 @@ export class RunView {
   }
 
   receive(type, e) {
+    if (!TYPES.includes(type)) return;
     const id = Number(e.lastEventId);
     if (!Number.isInteger(id) || id <= this.lastId) return; // seen already (or no id at all)
     let data;
@@ -373,6 +436,7 @@ export class RunView {
   finish(type, data) {
     this.ended = true;
     this.es?.close();
+    this.abort?.abort();
     this.head.kill.disabled = true;
     // Said once the output before it is on screen (a flood takes a few frames to show).
     this.drained = () => this.showEnd(type, data);
@@ -411,6 +475,7 @@ export class RunView {
   fail(message) {
     this.ended = true;
     this.es?.close();
+    this.abort?.abort();
     clearTimeout(this.timer);
     this.head.kill.disabled = true;
     this.setConn("error");
@@ -431,6 +496,7 @@ export class RunView {
   close() {
     this.ended = true;
     this.es?.close();
+    this.abort?.abort();
     clearTimeout(this.timer);
     cancelAnimationFrame(this.frame);
   }

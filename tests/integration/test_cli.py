@@ -138,11 +138,16 @@ def test_exec_ls_logs_and_rm(gateway: Gateway, sid: str) -> None:
     # a running one: up to now, or followed to its end with -f
     started = httpx.post(
         f"{gateway.url}/v1/sandboxes/{sid}/exec",
-        json={"command": "echo one; sleep 3; echo two", "wait": False},
+        json={
+            "command": "echo one; until [ -e go ]; do sleep 0.1; done; echo two",
+            "wait": False,
+        },
     ).json()["execution_id"]
     time.sleep(1.0)
     now = petri("logs", sid, started, url=gateway.url)
     assert now.stdout == "one\n" and "still running" in now.stderr
+    # the run goes on only once the test says so (no race with a slow CLI start)
+    httpx.put(f"{gateway.url}/v1/sandboxes/{sid}/files/go", content=b"")
     followed = petri("logs", sid, started, "-f", url=gateway.url)
     assert (followed.returncode, followed.stdout) == (0, "one\ntwo\n")
 

@@ -658,3 +658,168 @@ def test_a_gateway_that_goes_away_shows_an_error(browser: Browser) -> None:
             expect(p.locator("#run-badge")).to_have_text(re.compile("failed|interrupted"))
         finally:
             context.close()
+
+
+# --- services (serve mode) and API keys (issue 13) ---------------------------------------------
+
+
+def test_start_a_service_open_its_preview_follow_its_output_and_stop_it(
+    gateway: Gateway, client: httpx.Client, sandbox: dict[str, Any], page: Page
+) -> None:
+    sid = sandbox["id"]
+    answer = "<b>hello from the app</b>"
+    assert client.put(f"/v1/sandboxes/{sid}/files/index.html", content=answer).status_code == 201
+    open_sandbox(page, gateway.url, sid)
+    expect(page.locator("#no-services")).to_be_visible()
+    page.fill("#service-command", "python3 -m http.server 8080")
+    page.fill("#service-port", "8080")
+    page.click("#service-start")
+    row = page.locator("#services li")
+    expect(row).to_have_count(1)
+    expect(row).to_have_attribute("data-status", "ready", timeout=60_000)
+    expect(row.locator(".command")).to_have_text("python3 -m http.server 8080")
+    (service,) = client.get(f"/v1/sandboxes/{sid}/services").json()["services"]
+    assert service["status"] == "ready"
+    # Starting it followed its execution's output, like any run.
+    assert page.url.endswith(f"/executions/{service['execution_id']}")
+    expect(page.locator("#run-conn")).to_have_attribute("data-state", "live")
+
+    link = row.locator("a.preview")
+    expect(link).to_have_attribute("target", "_blank")
+    expect(link).to_have_attribute("rel", "noopener noreferrer")
+    href = link.get_attribute("href")
+    assert href == service["preview_url"], (href, service)
+    # The preview answers with the app's page (a new tab opened by the page gets it too).
+    with page.context.expect_page() as opened:
+        link.click()
+    tab = opened.value
+    tab.wait_for_load_state()
+    expect(tab.locator("b")).to_have_text("hello from the app")
+    tab.close()
+    got = httpx.get(href, timeout=30)
+    assert got.status_code == 200 and answer in got.text
+    # The app's own log (http.server logs each request to stderr) shows in the output pane.
+    expect(page.locator("#output")).to_contain_text("GET / HTTP/1.1")
+
+    # Back on the sandbox, clicking the service follows its execution again.
+    page.goto(f"{gateway.url}/#/sandboxes/{sid}")
+    expect(page.locator("#run-view")).to_be_hidden()
+    row.locator("a.service-link").click()
+    page.wait_for_url(re.compile(rf".*/executions/{service['execution_id']}$"))
+    expect(page.locator("#output")).to_contain_text("GET / HTTP/1.1")
+
+    row.locator("button.stop").click()
+    expect(row).to_have_attribute("data-status", "stopped")
+    expect(row.locator("a.preview")).to_have_count(0)
+    expect(row.locator("button.stop")).to_be_hidden()
+    assert client.get(f"/v1/sandboxes/{sid}/services/{service['id']}").json()["status"] == "stopped"
+    assert httpx.get(href, timeout=30).status_code != 200
+    wait_ended(page)
+
+
+def test_a_service_command_is_text_never_html(
+    gateway: Gateway, client: httpx.Client, sandbox: dict[str, Any], page: Page
+) -> None:
+    sid = sandbox["id"]
+    hostile = "<img src=x onerror=alert(1)>; sleep 300"
+    r = client.post(f"/v1/sandboxes/{sid}/services", json={"command": hostile, "port": 9})
+    assert r.status_code == 201, r.text
+    open_sandbox(page, gateway.url, sid)
+    row = page.locator("#services li")
+    expect(row.locator(".command")).to_have_text(hostile)
+    assert page.locator("#services img").count() == 0
+    client.delete(f"/v1/sandboxes/{sid}/services/{r.json()['id']}")
+
+
+@pytest.fixture(scope="module")
+def keyed(docker_ready: None) -> Iterator[tuple[Gateway, str]]:
+    from tests.teams import new_key
+
+    with running_gateway("dash-keys") as gw:
+        yield gw, new_key(gw, "t")
+
+
+def test_a_gateway_with_keys_asks_for_one_and_streams_with_its_token(
+    keyed: tuple[Gateway, str], browser: Browser
+) -> None:
+    gw, key = keyed
+    headers = {"Authorization": f"Bearer {key}"}
+    with gw.client(headers=headers) as c:
+        sid = c.post("/v1/sandboxes", json={"language": "python"}).json()["id"]
+        done = c.post(f"/v1/sandboxes/{sid}/exec", json={"command": "echo replayed"}).json()
+    context = browser.new_context()
+    p = context.new_page()
+    p.set_default_timeout(30_000)
+    requests: list[tuple[str, str | None]] = []
+    p.on("request", lambda r: requests.append((r.url, r.headers.get("authorization"))))
+    problems: list[str] = []
+    p.on("pageerror", lambda e: problems.append(str(e)))
+    try:
+        p.goto(f"{gw.url}/")
+        expect(p.locator("#key-form")).to_be_visible()
+        expect(p.locator("#forget-key")).to_be_hidden()
+        expect(p.locator(f"#sandbox-list li[data-id={sid}]")).to_have_count(0)
+        # A wrong key is refused and said so; the right one lists the tenant's sandboxes.
+        p.fill("#api-key", "petri_000000000000_" + "x" * 43)
+        p.click("#use-key")
+        expect(p.locator("#key-status")).to_contain_text("refused")
+        expect(p.locator("#key-form")).to_be_visible()
+        assert not any(a == f"Bearer {key}" for _, a in requests)
+        keyed_from = len(requests)
+        p.fill("#api-key", key)
+        p.click("#use-key")
+        expect(p.locator("#key-form")).to_be_hidden()
+        expect(p.locator(f"#sandbox-list li[data-id={sid}]")).to_have_count(1)
+        expect(p.locator("#forget-key")).to_be_visible()
+        assert p.evaluate("sessionStorage.getItem('petri.key')") == key
+        assert p.evaluate("localStorage.length") == 0
+        assert p.locator("#api-key").input_value() == ""
+
+        p.click(f"#sandbox-list li[data-id={sid}] a")
+        expect(p.locator("#run")).to_be_enabled()
+        eid = run_code(p, "import time\nfor i in range(12):\n    print(f'tick {i}')\n"
+                          "    time.sleep(0.5)\n")
+        expect(p.locator("#output")).to_contain_text("tick 1")
+        with gw.client(headers=headers) as c:
+            assert status_of(c, sid, eid) == "running"
+        expect(p.locator("#run-conn")).to_have_attribute("data-state", "live")
+        wait_ended(p)
+        assert output(p) == "".join(f"tick {i}\n" for i in range(12))
+        # The live stream was the browser's EventSource on the 202's token (no header there);
+        # every API fetch carried the key.
+        streams = [u for u, _ in requests if f"/executions/{eid}/events" in u]
+        assert streams and all("token=" in u for u in streams), streams
+        api_calls = [
+            (u, a) for u, a in requests[keyed_from:] if "/v1/" in u and "/events" not in u
+        ]
+        assert api_calls and all(a == f"Bearer {key}" for _, a in api_calls), api_calls
+
+        # A past execution has no token: it is replayed with fetch and the key.
+        p.click(f"#executions li[data-id={done['execution_id']}] a")
+        wait_ended(p)
+        assert output(p) == "replayed\n"
+        replay = [(u, a) for u, a in requests if f"/executions/{done['execution_id']}/events" in u]
+        assert replay and all(a == f"Bearer {key}" for _, a in replay), replay
+
+        # A run started elsewhere (an agent), opened by deep link: no token either, so it is
+        # followed live with fetch and the key.
+        with gw.client(headers=headers) as c:
+            live = c.post(f"/v1/sandboxes/{sid}/exec", json={
+                "code": "import time\nfor i in range(10):\n    print(f'agent {i}')\n"
+                        "    time.sleep(0.5)\n", "wait": False}).json()["execution_id"]
+            p.goto(f"{gw.url}/#/sandboxes/{sid}/executions/{live}")
+            expect(p.locator("#output")).to_contain_text("agent 1")
+            assert status_of(c, sid, live) == "running"
+        expect(p.locator("#run-conn")).to_have_attribute("data-state", "live")
+        wait_ended(p)
+        assert output(p) == "".join(f"agent {i}\n" for i in range(10))
+
+        p.click("#forget-key")
+        expect(p.locator("#key-form")).to_be_visible()
+        expect(p.locator(f"#sandbox-list li[data-id={sid}]")).to_have_count(0)
+        assert p.evaluate("sessionStorage.getItem('petri.key')") is None
+    finally:
+        context.close()
+        with gw.client(headers=headers) as c:
+            c.delete(f"/v1/sandboxes/{sid}")
+    assert not problems, problems

@@ -122,7 +122,9 @@ def test_openapi_describes_every_route_and_only_real_ones(c: httpx.Client) -> No
 
 
 def _url(path: str, sid: str) -> str:
-    return path.format(sid=sid, eid="ex-0000000000000000", path="f.txt", svid="sv-0000000000000000")
+    return path.format(
+        sid=sid, eid="ex-0000000000000000", path="f.txt", svid="sv-0000000000000000", name="db"
+    )
 
 
 @pytest.mark.parametrize(("path", "method"), _route_methods())

@@ -133,7 +133,7 @@ def containerized_gateway(
         network = ["-p", f"127.0.0.1:{port}:8000", "--entrypoint", "sh"]
         serve = [
             "-c",
-            f"petri keys create --tenant selftest --admin > {key_file} && "
+            f"mkdir -p {data_dir} && petri keys create --tenant selftest --admin > {key_file} && "
             "exec petri serve --host 0.0.0.0 --port 8000",
         ]
     run = _docker(

@@ -4,7 +4,7 @@
 from __future__ import annotations
 
 import builtins
-from contextlib import closing
+from contextlib import closing, suppress
 from typing import TYPE_CHECKING, Any
 
 from .._base import quoted, seconds
@@ -53,12 +53,19 @@ class Services:
             return service
         collector = Collector(on_stdout=on_stdout, on_stderr=on_stderr)
         client = self._sandbox.client
-        with closing(client.follow(self._sandbox.id, service.execution_id)) as events:
-            for event in events:
-                for fn, arg in collector.add(event):
-                    _io.call(fn, arg)
-                if isinstance(event, ReadyEvent):
-                    return self.get(service.id)
+        try:
+            with closing(client.follow(self._sandbox.id, service.execution_id)) as events:
+                for event in events:
+                    for fn, arg in collector.add(event):
+                        _io.call(fn, arg)
+                    if isinstance(event, ReadyEvent):
+                        return self.get(service.id)
+        except BaseException:
+            # Cancelled, interrupted, a callback raised or the stream broke: the caller never
+            # gets the Service, so nothing else could stop it. Stop it, then re-raise.
+            with suppress(Exception):
+                self.stop(service.id)
+            raise
         execution = collector.result()
         why = execution.error.message if execution.error else f"exit code {execution.exit_code}"
         code = execution.error.code if execution.error else "service_exited"

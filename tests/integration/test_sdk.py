@@ -494,6 +494,34 @@ async def test_services_on_the_async_twin(gateway: Gateway) -> None:
         assert (await sb.services.get(svc.id)).status == "stopped"
 
 
+async def test_a_service_start_cancelled_while_waiting_is_stopped(gateway: Gateway) -> None:
+    """An agent (or an MCP client) that gives up on start() must not leave a service running
+    that it has no handle to."""
+    async with AsyncSandbox.create("python", url=gateway.url) as sb:
+        waiting = asyncio.create_task(sb.services.start("sleep 600", port=8003))
+        for _ in range(100):
+            if await sb.services.list():
+                break
+            await asyncio.sleep(0.1)
+        (started,) = await sb.services.list()
+        assert started.status == "starting"
+        waiting.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await waiting
+        assert (await sb.services.get(started.id)).status == "stopped"
+
+
+def test_a_service_whose_callback_raises_is_stopped(gateway: Gateway) -> None:
+    def explode(text: str) -> None:
+        raise RuntimeError("callback failed")
+
+    with Sandbox.create("python", url=gateway.url) as sb:
+        with pytest.raises(RuntimeError, match="callback failed"):
+            sb.services.start("echo hello; sleep 600", port=8004, on_stdout=explode)
+        (started,) = sb.services.list()
+        assert started.status == "stopped"
+
+
 # --- test mode ---------------------------------------------------------------------------------
 
 APP = (

@@ -526,6 +526,14 @@ AUDIT_EVENT = {
 }
 
 
+MCP_MESSAGE = {
+    "type": "object",
+    "description": "a JSON-RPC 2.0 message (MCP: initialize, tools/list, tools/call, ...)",
+    "properties": {"jsonrpc": {"const": "2.0"}},
+    "required": ["jsonrpc"],
+}
+
+
 def _teams_paths() -> dict[str, Any]:
     """Secrets, the audit ledger, metrics (DESIGN §11)."""
     return {
@@ -594,6 +602,36 @@ def _teams_paths() -> dict[str, Any]:
                     },
                     400, 401,
                 ),
+            }
+        },
+        "/mcp": {
+            "post": {
+                "summary": "the MCP tools over streamable HTTP (stateless; JSON-RPC 2.0 "
+                "messages, see docs/mcp.md). Not this API's JSON: its errors are JSON-RPC "
+                "error objects, or plain text for a refused Host/Origin (421/403)",
+                "requestBody": {
+                    "required": True,
+                    "content": {"application/json": {"schema": MCP_MESSAGE}},
+                },
+                "responses": {
+                    "200": {
+                        "description": "the JSON-RPC answer, as JSON or as an SSE stream of "
+                        "progress notifications ending with it",
+                        "content": {
+                            "application/json": {"schema": MCP_MESSAGE},
+                            "text/event-stream": {"schema": {"type": "string"}},
+                        },
+                    },
+                    "202": {"description": "a notification or response was accepted"},
+                    "default": {
+                        "description": "a transport error: a JSON-RPC error object (400, "
+                        "406, 415) or plain text (403 Origin, 421 Host)",
+                        "content": {
+                            "application/json": {"schema": MCP_MESSAGE},
+                            "text/plain": {"schema": {"type": "string"}},
+                        },
+                    },
+                },
             }
         },
         "/metrics": {

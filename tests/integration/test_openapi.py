@@ -46,6 +46,8 @@ def test_the_document_is_valid_openapi_3_1(doc: dict[str, Any]) -> None:
 
 def test_every_response_is_described(doc: dict[str, Any]) -> None:
     for path, method, op in _operations(doc):
+        if path == "/mcp":  # JSON-RPC, the MCP SDK's transport: test_mcp_is_described
+            continue
         for status, response in op["responses"].items():
             where = (path, method, status)
             if status == "204":
@@ -75,6 +77,13 @@ def test_every_response_is_described(doc: dict[str, Any]) -> None:
         for kind, model in EVENT_DATA.items():
             assert f"`{kind}`" in description and model.__name__ in description, kind
         assert "keep-alive" in description and "Last-Event-ID" in description
+
+
+def test_mcp_is_described(doc: dict[str, Any]) -> None:
+    post = doc["paths"]["/mcp"]["post"]
+    assert set(post["responses"]) == {"200", "202", "default"}
+    assert set(post["responses"]["200"]["content"]) == {"application/json", "text/event-stream"}
+    assert "JSON-RPC" in post["summary"]
 
 
 # --- real responses against the document -----------------------------------------------------
@@ -227,6 +236,22 @@ def test_real_responses_match_the_document(
         schema = doc["components"]["schemas"]["AuditRecord"]
         assert not list(Draft202012Validator(schema).iter_errors(record)), record
         check.seen.add(("/v1/audit/events", "get", "200"))
+    # /mcp: an initialize request, answered with a JSON-RPC result.
+    init = {
+        "jsonrpc": "2.0",
+        "id": 1,
+        "method": "initialize",
+        "params": {
+            "protocolVersion": "2025-03-26",
+            "capabilities": {},
+            "clientInfo": {"name": "openapi-check", "version": "0"},
+        },
+    }
+    r = check(
+        "POST", "/mcp", 200, json=init,
+        headers={"accept": "application/json, text/event-stream"},
+    )
+    assert b'"serverInfo"' in r.content and b'"jsonrpc":"2.0"' in r.content.replace(b" ", b"")
     # Every operation was exercised with a success status.
     ok = {(t, m) for t, m, s in check.seen if s.startswith("2")}
     assert ok == {(t, m) for t, m, _ in _operations(doc)}, {

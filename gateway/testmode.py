@@ -18,10 +18,10 @@ from typing import Any
 from . import events as ev
 from . import reports
 from .config import Settings
-from .errors import AppFailed, Invalid, PetriError
+from .errors import AppFailed, Invalid, PetriError, ReportError
 from .executions import ExecutionLog
 from .models import AppBody, ExecBody, Execution
-from .reports import Cases, GoTestStream, ReportError
+from .reports import Cases, GoTestStream
 from .runner import STDOUT, Process, Runner
 from .runtimes import Runtime, TestRunner
 from .workspace import Workspace, clean_path

@@ -170,6 +170,14 @@ class Settings:
             "add the name clients use when the gateway is reached by another name; `*` for any"
         ),
     )
+    allowed_hosts: str = field(
+        default="localhost,127.0.0.1,[::1]",
+        metadata=_meta(
+            "Host names (any port, `*.suffix` allowed) an open gateway (loopback bind, no API "
+            "key) answers, DNS-rebinding protection; the bound host, the public URL's host and "
+            "`{PETRI_PREVIEW_DOMAIN}` and its subdomains are added; `*` for any"
+        ),
+    )
     log_level: str = field(default="info", metadata=_meta("uvicorn log level"))
     log_format: str = field(
         default="text",

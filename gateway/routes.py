@@ -40,6 +40,7 @@ from .errors import (
     UnsupportedMediaType,
 )
 from .events import Event, keepalive
+from .hosts import HostCheck
 from .logs import RequestIds, printable, target
 from .metrics import CONTENT_TYPE as METRICS_TYPE
 from .metrics import RequestMetrics
@@ -728,6 +729,8 @@ def create_app(settings: Settings | None = None) -> Starlette:
     app.add_middleware(
         PreviewRouter, services=lambda: app.state.services, domain=settings.preview_domain
     )
+    # An open gateway (loopback, no key) answers its own host names only (DNS rebinding).
+    app.add_middleware(HostCheck, settings=settings, open_gateway=_open)
     app.add_middleware(RequestIds)  # outermost: every request has an id and an access line
     for name in ("uvicorn.access", "uvicorn.error"):
         if not any(isinstance(f, RedactTokens) for f in logging.getLogger(name).filters):
@@ -738,6 +741,11 @@ def create_app(settings: Settings | None = None) -> Starlette:
 
 def _state(scope: Scope, name: str) -> Any:
     return getattr(scope["app"].state, name, None)
+
+
+def _open(scope: Scope) -> bool:
+    teams: Teams | None = _state(scope, "teams")
+    return teams is None or (teams.loopback and not teams.keys.exist())
 
 
 def _authority(scope: Scope) -> tuple[auth.Keys, auth.Tokens, bool]:

@@ -134,7 +134,7 @@ def test_every_endpoint_refuses_an_oversized_declared_body(
     uploads = path.endswith(("/files", "/files/{path}", "/upload"))
     limit = MAX_UPLOAD + UPLOAD_SLACK if uploads else MAX_BODY
     head = (
-        f"{method} {_url(path, sid)} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n"
+        f"{method} {_url(path, sid)} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n"
         f"Content-Type: application/json\r\nContent-Length: {limit + 1}"
     ).encode()
     # Refused on the declared length alone, before a byte of the body is read.
@@ -343,10 +343,10 @@ def test_hostile_ids_queries_and_headers(small_gateway: Gateway, c: httpx.Client
     # Bytes no client would send: the HTTP parser refuses them before the app (a plain-text
     # 400 from uvicorn), or the app answers with a JSON error.
     for head in (
-        b"GET /v1/sandboxes/\xff\xfe HTTP/1.1\r\nHost: x\r\nConnection: close",
-        b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Bad: a\x00b\r\nConnection: close",
-        b"GET /" + b"a" * 100_000 + b" HTTP/1.1\r\nHost: x\r\nConnection: close",
-        b"POST /v1/sandboxes HTTP/1.1\r\nHost: x\r\nContent-Length: -1\r\nConnection: close",
+        b"GET /v1/sandboxes/\xff\xfe HTTP/1.1\r\nHost: localhost\r\nConnection: close",
+        b"GET /healthz HTTP/1.1\r\nHost: localhost\r\nX-Bad: a\x00b\r\nConnection: close",
+        b"GET /" + b"a" * 100_000 + b" HTTP/1.1\r\nHost: localhost\r\nConnection: close",
+        b"POST /v1/sandboxes HTTP/1.1\r\nHost: localhost\r\nContent-Length: -1\r\nConnection: close",
     ):
         status, _, payload = _raw(small_gateway, head)
         oversized = len(head) > 65536  # unread bytes left behind: a reset may come first

@@ -346,7 +346,7 @@ def test_hostile_ids_queries_and_headers(small_gateway: Gateway, c: httpx.Client
         b"GET /v1/sandboxes/\xff\xfe HTTP/1.1\r\nHost: localhost\r\nConnection: close",
         b"GET /healthz HTTP/1.1\r\nHost: localhost\r\nX-Bad: a\x00b\r\nConnection: close",
         b"GET /" + b"a" * 100_000 + b" HTTP/1.1\r\nHost: localhost\r\nConnection: close",
-        b"POST /v1/sandboxes HTTP/1.1\r\nHost: localhost\r\nContent-Length: -1\r\nConnection: close",
+        b"POST /v1/sandboxes HTTP/1.1\r\nHost: [::1]\r\nContent-Length: -1\r\nConnection: close",
     ):
         status, _, payload = _raw(small_gateway, head)
         oversized = len(head) > 65536  # unread bytes left behind: a reset may come first

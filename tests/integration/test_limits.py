@@ -228,7 +228,7 @@ def test_a_slow_stream_and_a_slow_client_with_a_complete_head_are_not_cut(
         body = b'{"command": "echo slow body"}'
         with _connect(gw) as s:
             s.sendall(
-                f"POST /v1/sandboxes/{sid}/exec HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n"
+                f"POST /v1/sandboxes/{sid}/exec HTTP/1.1\r\nHost: [::1]\r\nConnection: close\r\n"
                 f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n".encode()
             )
             time.sleep(HEADER_TIMEOUT + 1)

@@ -552,9 +552,10 @@ async def list_audit(request: Request) -> Response:
 async def audit_events(request: Request) -> Response:
     """The ledger as SSE: `id` is the record's seq, so `Last-Event-ID` resumes after it."""
     ledger, principal = _teams(request).ledger, auth.current()
+    after = _after(request)  # a bad `after` is a 400, before the stream starts
 
     async def records() -> AsyncIterator[Event]:
-        async for record in ledger.follow(principal, _after(request)):
+        async for record in ledger.follow(principal, after):
             yield Event(record["seq"], "audit", record)
 
     return _sse(request, records(), {})
@@ -736,6 +737,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
         if not any(isinstance(f, RedactTokens) for f in logging.getLogger(name).filters):
             logging.getLogger(name).addFilter(RedactTokens())
     app.state.settings = settings
+    _dashboard_files()  # read once here, never on the event loop of a request
     return app
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 class PetriError(Exception):
     status: int = 500
-    code: str = "internal"
+    code: str = "internal_error"
 
     def __init__(self, message: str, *, code: str | None = None) -> None:
         super().__init__(message)

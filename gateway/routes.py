@@ -90,7 +90,7 @@ async def _outermost_error(request: Request, exc: Exception) -> Response:
     """Starlette's ServerErrorMiddleware, outside every middleware, for a failure in one of the
     outer middlewares themselves (`Internal` answers everything inside CORS). It re-raises
     after answering and uvicorn logs the traceback, so this one does not log."""
-    return _error(500, "internal", INTERNAL_MESSAGE)
+    return _error(500, "internal_error", INTERNAL_MESSAGE)
 
 
 EXCEPTION_HANDLERS: dict[Any, Any] = {
@@ -103,7 +103,7 @@ EXCEPTION_HANDLERS: dict[Any, Any] = {
 
 class Internal:
     """Any other exception (a bug): logged once, with the request id `logs.RequestIds` set,
-    and answered 500 `{"error": {"code": "internal", ...}}` with no traceback. It sits just
+    and answered 500 `{"error": {"code": "internal_error", ...}}` with no traceback. It sits just
     inside CORS, so a browser of an allowed origin can read that answer, and inside the
     request id, so the answer carries `X-Request-Id`. A failure after the response started
     (a stream) can only be logged; the connection is then closed mid-response."""
@@ -131,7 +131,7 @@ class Internal:
                 target(scope["path"], b""),
             )
             if not started:
-                await _error(500, "internal", INTERNAL_MESSAGE)(scope, receive, send)
+                await _error(500, "internal_error", INTERNAL_MESSAGE)(scope, receive, send)
 
 
 # --- request parsing --------------------------------------------------------------------------

@@ -151,7 +151,7 @@ def test_an_internal_error_is_one_logged_json_500_with_cors(faulty_gateway: Gate
     with faulty_gateway.client(timeout=30) as c:
         for method in ("GET", "POST"):
             r = c.request(method, "/v1/boom", headers={"Origin": ORIGIN}, json={})
-            assert error_of(r, 500) == "internal"
+            assert error_of(r, 500) == "internal_error"
             assert r.headers["access-control-allow-origin"] == ORIGIN
             assert SECRET not in r.text and "RuntimeError" not in r.text
             rid = r.headers["x-request-id"]

@@ -97,12 +97,6 @@ def acting_as(principal: Principal) -> Iterator[None]:
         _acting.reset(token)
 
 
-def check_visible(tenant: str, what: str) -> None:
-    """404 (never 403: an id of another tenant must look like no id at all)."""
-    if not current().sees(tenant):
-        raise NotFound(what, code="not_found")
-
-
 def is_loopback(host: str) -> bool:
     if host == "localhost":
         return True

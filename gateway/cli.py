@@ -109,7 +109,6 @@ class Printer:
         self.exit_code: int | None = None
         self.execution_id = ""
         self.report: TestReport | None = None
-        self._install_open = False
 
     def __call__(self, event: Event) -> None:
         if isinstance(event, StartEvent):

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from .egress import SOCKET_PATH_MAX, parse_allowlist
+from .errors import SettingsError as SettingsError  # re-exported: server.py imports it here
 
 _PUBLIC_URL = re.compile(r"^https?://[^/?#\s]+(/[^?#\s]*)?$")
 _LABEL = r"[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?"
@@ -24,10 +25,6 @@ DEFAULT_EGRESS_ALLOW = (
 )
 # Room for "/<sandbox id>.sock" (25 bytes) behind the socket directory.
 SOCKET_DIR_MAX = SOCKET_PATH_MAX - len("/sb-0123456789abcdef.sock")
-
-
-class SettingsError(ValueError):
-    """A `PETRI_*` variable holds a value the gateway cannot run with."""
 
 
 def _meta(doc: str) -> dict[str, str]:
@@ -171,6 +168,14 @@ class Settings:
         metadata=_meta(
             "Host headers `/mcp` answers (`host:port`, `host:*`; DNS-rebinding protection); "
             "add the name clients use when the gateway is reached by another name; `*` for any"
+        ),
+    )
+    allowed_hosts: str = field(
+        default="localhost,127.0.0.1,[::1]",
+        metadata=_meta(
+            "Host names (any port, `*.suffix` allowed) an open gateway (loopback bind, no API "
+            "key) answers, DNS-rebinding protection; the bound host, the public URL's host and "
+            "`{PETRI_PREVIEW_DOMAIN}` and its subdomains are added; `*` for any"
         ),
     )
     log_level: str = field(default="info", metadata=_meta("uvicorn log level"))

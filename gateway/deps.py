@@ -21,18 +21,22 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from . import tree
 from .errors import PetriError
 from .models import Sandbox
-from .runtimes import InstallPlan, InstallSpec, Runtime
 from .workspace import Workspace
+
+if TYPE_CHECKING:  # runtimes.py takes its detector and format names from here
+    from .runtimes import InstallPlan, InstallSpec, Runtime
 
 log = logging.getLogger("petri.deps")
 
 STATE_DIR = ".deps/.petri"
-# Folders no detector looks into (the same list as runtimes/python/petri_deps.py).
+# Folders no detector looks into: the one list. runtimes/python/petri_deps.py runs in the
+# install container and cannot import it, so its SKIP_DIRS restates it as a set literal;
+# tests/unit/test_deps_plans.py::test_the_install_container_skips_the_same_folders compares.
 SCAN_SKIP = frozenset(
     {".deps", "node_modules", ".git", ".hg", ".svn", ".tox", "__pycache__", "env", "venv"}
     | {".venv", "vendor", "testdata", "lost+found"}
@@ -174,9 +178,53 @@ def go_imports(root: Path) -> frozenset[str]:
     return frozenset(found)
 
 
+# The one list of `[[install.plans]] detect` names (runtimes.py checks runtime.toml with it).
 DETECTORS: dict[str, Callable[[Path], frozenset[str]]] = {
     "python-imports": python_imports,
     "go-imports": go_imports,
+}
+
+
+# --- test-runner detectors: which `[[test.runners]]` applies (testmode.py) -------------------
+
+PACKAGE_JSON_BYTES = 1024 * 1024
+NPM_PLACEHOLDER = 'echo "Error: no test specified" && exit 1'  # what `npm init` writes
+SUREFIRE = ".deps/m2/org/apache/maven/plugins/maven-surefire-plugin"
+
+
+def npm_test_script(workspace: Workspace) -> bool:
+    """package.json (at most 1 MiB) has a `scripts.test` that is not npm init's placeholder."""
+    try:
+        handle, size = workspace.read("package.json")
+    except PetriError:
+        return False
+    with handle:
+        if size > PACKAGE_JSON_BYTES:
+            return False
+        raw = handle.read(PACKAGE_JSON_BYTES + 1)
+    try:
+        data = json.loads(raw)
+    except (ValueError, RecursionError):
+        return False
+    scripts = data.get("scripts") if isinstance(data, dict) else None
+    test = scripts.get("test") if isinstance(scripts, dict) else None
+    return isinstance(test, str) and bool(test.strip()) and test.strip() != NPM_PLACEHOLDER
+
+
+def maven_surefire(workspace: Workspace) -> bool:
+    """pom.xml, and Surefire in the workspace's Maven repository (an online install put it
+    there): `mvn -o test` can run. Without it Maven cannot even resolve its test plugin."""
+    try:
+        workspace.read("pom.xml")[0].close()
+    except PetriError:
+        return False
+    return workspace.is_dir(SUREFIRE)
+
+
+# The one list of `[[test.runners]] detect` names.
+TEST_DETECTORS: dict[str, Callable[[Workspace], bool]] = {
+    "npm-test-script": npm_test_script,
+    "maven-surefire": maven_surefire,
 }
 
 
@@ -226,29 +274,54 @@ def _sources(root: Path, suffix: str, names: set[str]) -> Iterator[bytes]:
 # --- bill of materials and the missing-module hint -------------------------------------------
 
 
+def _pip_json(text: str) -> list[tuple[str, str]]:
+    return [(str(p["name"]), str(p["version"])) for p in json.loads(text)]
+
+
+def _npm_json(text: str) -> list[tuple[str, str]]:
+    pairs: list[tuple[str, str]] = []
+    stack = [json.loads(text).get("dependencies") or {}]
+    while stack:
+        for name, info in stack.pop().items():
+            if isinstance(info, dict) and "version" in info:
+                pairs.append((name, str(info["version"])))
+                stack.append(info.get("dependencies") or {})
+    return pairs
+
+
+def _go_list(text: str) -> list[tuple[str, str]]:
+    pairs = []
+    for line in text.splitlines():
+        parts = line.split()
+        if len(parts) >= 2 and not parts[1].startswith("=>"):
+            pairs.append((parts[0], parts[1]))
+    return pairs
+
+
+def _maven_list(text: str) -> list[tuple[str, str]]:
+    pairs = []
+    for line in text.splitlines():
+        coords = line.strip().split(" ")[0].split(":")
+        if len(coords) in (5, 6) and all(coords):
+            pairs.append((f"{coords[0]}:{coords[1]}", coords[-2]))
+    return pairs
+
+
+# The one list of `[install] bom_format` names: each reads a `bom` command's output.
+BOM_FORMATS: dict[str, Callable[[str], list[tuple[str, str]]]] = {
+    "pip-json": _pip_json,
+    "npm-json": _npm_json,
+    "go-list": _go_list,
+    "maven-list": _maven_list,
+}
+
+
 def parse_packages(fmt: str, text: str, language: str) -> list[dict[str, str]]:
     """The bill of materials written by a plan's `bom` command, as name/version/language."""
     pairs: list[tuple[str, str]] = []
+    parse = BOM_FORMATS.get(fmt)
     try:
-        if fmt == "pip-json":
-            pairs = [(str(p["name"]), str(p["version"])) for p in json.loads(text)]
-        elif fmt == "npm-json":
-            stack = [json.loads(text).get("dependencies") or {}]
-            while stack:
-                for name, info in stack.pop().items():
-                    if isinstance(info, dict) and "version" in info:
-                        pairs.append((name, str(info["version"])))
-                        stack.append(info.get("dependencies") or {})
-        elif fmt == "go-list":
-            for line in text.splitlines():
-                parts = line.split()
-                if len(parts) >= 2 and not parts[1].startswith("=>"):
-                    pairs.append((parts[0], parts[1]))
-        elif fmt == "maven-list":
-            for line in text.splitlines():
-                coords = line.strip().split(" ")[0].split(":")
-                if len(coords) in (5, 6) and all(coords):
-                    pairs.append((f"{coords[0]}:{coords[1]}", coords[-2]))
+        pairs = parse(text) if parse is not None else []
     except (ValueError, KeyError, TypeError, AttributeError, RecursionError) as exc:
         log.warning("cannot read the %s package list: %s", fmt, exc)
     unique = sorted({(n[:200], v[:100]) for n, v in pairs})[:10000]

@@ -1,5 +1,9 @@
-"""One exception root. Every error the gateway raises on purpose carries its HTTP status and a
-stable snake_case code; `routes` maps them to `{"error": {"code", "message"}}` in one place."""
+"""Every exception class of the gateway, under one root. Each error the gateway raises on
+purpose carries its HTTP status and a stable snake_case code; `routes` registers one handler
+per class it answers (`PetriError`, Starlette's `HTTPException`, `ClientDisconnect`) and
+turns anything else into one logged 500 `internal`. Errors that never reach a client
+(configuration, image builds, reports) are `PetriError`s too, so `except PetriError` is the
+one way to catch "the gateway said no"."""
 
 from __future__ import annotations
 
@@ -92,6 +96,43 @@ class QuotaExceeded(OverLimit):
 
     def headers(self) -> dict[str, str]:
         return {"Retry-After": str(self.retry_after)}
+
+
+class WorkspaceFull(PetriError):
+    """The workspace's disk quota (its loop-mounted image) is used up by a write."""
+
+    status, code = 413, "quota_exceeded"
+
+
+class SecretNotFound(PetriError):
+    """An `env` entry names a secret the tenant does not have (vault.py)."""
+
+    status, code = 422, "secret_not_found"
+
+
+class EgressUnavailable(PetriError):
+    """The install's egress proxy could not be set up (installer.py)."""
+
+    status, code = 503, "egress_unavailable"
+
+
+class SettingsError(PetriError, ValueError):
+    """A `PETRI_*` variable holds a value the gateway cannot run with (config.py)."""
+
+    status, code = 500, "bad_configuration"
+
+
+class ImageBuildError(PetriError):
+    """A runtime image could not be built, or its base found or made (images.py)."""
+
+    status, code = 500, "image_build_failed"
+
+
+class ReportError(PetriError):
+    """A test report that cannot be read as what it claims to be (reports.py; the message
+    says why). It ends up in a `report` event's note, never an HTTP answer."""
+
+    status, code = 422, "invalid_report"
 
 
 class BadGateway(PetriError):

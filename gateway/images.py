@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
+from gateway.errors import ImageBuildError as ImageBuildError  # re-exported for server.py
 from gateway.runtimes import Runtime
 
 Log = Callable[[str], None]
@@ -34,10 +35,6 @@ RUNTIME_LABEL = "petri.runtime"
 PULL_TIMEOUT_SECONDS = 60.0
 _IGNORED_PARTS = frozenset({"__pycache__", ".pytest_cache", ".git"})
 _ERROR_TAIL_LINES = 20
-
-
-class ImageBuildError(Exception):
-    """An image could not be built (or its base could not be found or made)."""
 
 
 @dataclass(frozen=True)

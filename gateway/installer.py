@@ -38,7 +38,7 @@ from .deps import (
     parse_packages,
 )
 from .egress import MAX_CONNECTIONS, SOURCE_CONNECTIONS, EgressProxy
-from .errors import PetriError
+from .errors import EgressUnavailable, PetriError
 from .models import Sandbox, iso, now
 from .registry import Registry
 from .runner import STDERR, ContainerSpec, Runner
@@ -75,10 +75,6 @@ cd /sandbox
 {run}
 {bom}
 """
-
-
-class EgressUnavailable(PetriError):
-    status, code = 503, "egress_unavailable"
 
 
 class ContainerInstaller(Installer):

@@ -20,6 +20,8 @@ from xml.etree.ElementTree import Element, ParseError
 from defusedxml import DefusedXmlException
 from defusedxml.ElementTree import iterparse
 
+from .errors import ReportError
+
 MAX_CASES = 1000  # listed in a report; counts always cover every case
 MESSAGE_CHARS = 2000
 NAME_CHARS = 500
@@ -30,10 +32,6 @@ MAX_TRACKED = 2000  # Go tests/packages whose output is followed at once
 
 PASSED, FAILED, SKIPPED, ERROR = "passed", "failed", "skipped", "error"
 _COUNT_KEYS = {PASSED: "passed", FAILED: "failed", SKIPPED: "skipped", ERROR: "errors"}
-
-
-class ReportError(Exception):
-    """A report that cannot be read as what it claims to be (the message says why)."""
 
 
 @dataclass(slots=True)

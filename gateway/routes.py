@@ -1,7 +1,8 @@
 """HTTP API v1: the one importer of starlette and sse-starlette.
 
 Handlers parse and validate, call the domain (`Sandboxes`) and shape responses. Errors are
-mapped to `{"error": {"code", "message"}}` in one place: `_error_response`.
+mapped to `{"error": {"code", "message"}}` in one place: `EXCEPTION_HANDLERS` (one handler per
+exception class) and `Internal` (anything else: one logged 500).
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import json
 import logging
 import re
 from collections.abc import AsyncIterator
-from typing import Any
+from typing import Any, cast
 
 from sse_starlette import EventSourceResponse, ServerSentEvent
 from starlette.applications import Starlette
@@ -39,7 +40,8 @@ from .errors import (
     UnsupportedMediaType,
 )
 from .events import Event, keepalive
-from .logs import RequestIds
+from .hosts import HostCheck
+from .logs import RequestIds, printable, target
 from .metrics import CONTENT_TYPE as METRICS_TYPE
 from .metrics import RequestMetrics
 from .models import CreateSandbox, ExecBody, Service, ServiceBody, iso, parse
@@ -57,28 +59,79 @@ UPLOAD_PATHS = ("/files", "/upload")
 FORM_TYPE = "application/x-www-form-urlencoded"
 
 
-# --- errors, in one place ---------------------------------------------------------------------
+# --- errors, in one place: one handler per exception class, one catch-all for the rest ------
+
+INTERNAL_MESSAGE = "the gateway failed; the error is logged under this response's X-Request-Id"
+_HTTP_CODES = {404: "route_not_found", 405: "method_not_allowed", 400: "bad_request"}
 
 
 def _error(status: int, code: str, message: str, headers: dict[str, str] | None = None) -> Response:
     return JSONResponse({"error": {"code": code, "message": message}}, status, headers=headers)
 
 
-async def _error_response(request: Request, exc: Exception) -> Response:
-    if isinstance(exc, PetriError):
-        return _error(exc.status, exc.code, exc.message, exc.headers() or None)
-    if isinstance(exc, HTTPException):
-        codes = {404: "route_not_found", 405: "method_not_allowed", 400: "bad_request"}
-        return _error(
-            exc.status_code,
-            codes.get(exc.status_code, "http_error"),
-            str(exc.detail),
-            dict(exc.headers or {}),
-        )
-    if isinstance(exc, ClientDisconnect):
-        return _error(400, "client_disconnected", "the client went away mid-request")
-    log.exception("unhandled error on %s %s", request.method, request.url.path)
-    return _error(500, "internal_error", "the gateway failed; the error is logged")
+async def _petri_error(request: Request, exc: Exception) -> Response:
+    """Every error the gateway raises on purpose: its own status, code and headers."""
+    error = cast(PetriError, exc)
+    return _error(error.status, error.code, error.message, error.headers() or None)
+
+
+async def _http_error(request: Request, exc: Exception) -> Response:
+    """Starlette's own: no such route, no such method, a malformed multipart body."""
+    error = cast(HTTPException, exc)
+    code = _HTTP_CODES.get(error.status_code, "http_error")
+    return _error(error.status_code, code, str(error.detail), dict(error.headers or {}))
+
+
+async def _client_disconnected(request: Request, exc: Exception) -> Response:
+    return _error(400, "client_disconnected", "the client went away mid-request")
+
+
+async def _outermost_error(request: Request, exc: Exception) -> Response:
+    """Starlette's ServerErrorMiddleware, outside every middleware, for a failure in one of the
+    outer middlewares themselves (`Internal` answers everything inside CORS). It re-raises
+    after answering and uvicorn logs the traceback, so this one does not log."""
+    return _error(500, "internal_error", INTERNAL_MESSAGE)
+
+
+EXCEPTION_HANDLERS: dict[Any, Any] = {
+    PetriError: _petri_error,
+    HTTPException: _http_error,
+    ClientDisconnect: _client_disconnected,
+    Exception: _outermost_error,
+}
+
+
+class Internal:
+    """Any other exception (a bug): logged once, with the request id `logs.RequestIds` set,
+    and answered 500 `{"error": {"code": "internal_error", ...}}` with no traceback. It sits just
+    inside CORS, so a browser of an allowed origin can read that answer, and inside the
+    request id, so the answer carries `X-Request-Id`. A failure after the response started
+    (a stream) can only be logged; the connection is then closed mid-response."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = False
+
+        async def watch(message: Message) -> None:
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, receive, watch)
+        except Exception:
+            log.exception(
+                "unhandled error on %s %s",
+                printable(scope["method"]),
+                target(scope["path"], b""),
+            )
+            if not started:
+                await _error(500, "internal_error", INTERNAL_MESSAGE)(scope, receive, send)
 
 
 # --- request parsing --------------------------------------------------------------------------
@@ -499,9 +552,10 @@ async def list_audit(request: Request) -> Response:
 async def audit_events(request: Request) -> Response:
     """The ledger as SSE: `id` is the record's seq, so `Last-Event-ID` resumes after it."""
     ledger, principal = _teams(request).ledger, auth.current()
+    after = _after(request)  # a bad `after` is a 400, before the stream starts
 
     async def records() -> AsyncIterator[Event]:
-        async for record in ledger.follow(principal, _after(request)):
+        async for record in ledger.follow(principal, after):
             yield Event(record["seq"], "audit", record)
 
     return _sse(request, records(), {})
@@ -650,24 +704,20 @@ def create_app(settings: Settings | None = None) -> Starlette:
     app = Starlette(
         routes=ROUTES,
         lifespan=lifespan,
-        exception_handlers={
-            Exception: _error_response,
-            HTTPException: _error_response,
-            PetriError: _error_response,
-            ClientDisconnect: _error_response,
-        },
+        exception_handlers=EXCEPTION_HANDLERS,
     )
     # /mcp: the MCP tools, calling this app's own API in-process (auth applies as to any call)
     hosts = [h.strip() for h in settings.mcp_allowed_hosts.split(",") if h.strip()]
     mcp_endpoint, mcp_sessions = mcp.http_app(lambda: app, hosts)
     app.router.routes.append(Route("/mcp", mcp_endpoint))
-    # Outermost last: request id, metrics, CORS (a preflight needs no key), the gate (who is
-    # calling), the fallback audit record, the body limit, then the routes.
+    # Outermost last: request id, metrics, CORS (a preflight needs no key), the catch-all for
+    # bugs, the gate (who is calling), the fallback audit record, the body limit, the routes.
     app.add_middleware(BodyLimit, settings=settings)
     app.add_middleware(
         RequestRecorder, ledger=lambda scope: getattr(_state(scope, "teams"), "ledger", None)
     )
     app.add_middleware(auth.Gate, authority=_authority)
+    app.add_middleware(Internal)  # inside CORS: a 500 carries the CORS headers too
     origins = [o.strip() for o in settings.cors_origins.split(",") if o.strip()]
     if origins:
         app.add_middleware(CORSMiddleware, allow_origins=origins, allow_methods=["*"],
@@ -680,16 +730,24 @@ def create_app(settings: Settings | None = None) -> Starlette:
     app.add_middleware(
         PreviewRouter, services=lambda: app.state.services, domain=settings.preview_domain
     )
+    # An open gateway (loopback, no key) answers its own host names only (DNS rebinding).
+    app.add_middleware(HostCheck, settings=settings, open_gateway=_open)
     app.add_middleware(RequestIds)  # outermost: every request has an id and an access line
     for name in ("uvicorn.access", "uvicorn.error"):
         if not any(isinstance(f, RedactTokens) for f in logging.getLogger(name).filters):
             logging.getLogger(name).addFilter(RedactTokens())
     app.state.settings = settings
+    _dashboard_files()  # read once here, never on the event loop of a request
     return app
 
 
 def _state(scope: Scope, name: str) -> Any:
     return getattr(scope["app"].state, name, None)
+
+
+def _open(scope: Scope) -> bool:
+    teams: Teams | None = _state(scope, "teams")
+    return teams is None or (teams.loopback and not teams.keys.exist())
 
 
 def _authority(scope: Scope) -> tuple[auth.Keys, auth.Tokens, bool]:

@@ -10,6 +10,9 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
+# Detector and format names have one home, the code that implements them.
+from .deps import BOM_FORMATS, DETECTORS, TEST_DETECTORS
+
 FILE_PLACEHOLDER = "{file}"
 IMAGE_TAG = "latest"
 
@@ -17,14 +20,11 @@ _STR_KEYS = ("name", "image", "source_file", "smoke", "smoke_expect")
 _ARGV_KEYS = ("run", "manifests")
 _KNOWN_KEYS = frozenset((*_STR_KEYS, *_ARGV_KEYS, "env", "install", "test"))
 # `[install]`: how dependencies are installed (gateway/deps.py runs the plans).
-DETECTORS = frozenset({"python-imports", "go-imports"})
-BOM_FORMATS = frozenset({"pip-json", "npm-json", "go-list", "maven-list"})
 _INSTALL_KEYS = frozenset(
     {"env", "plans", "bom", "bom_format", "tools", "tool_packages", "missing_module"}
 )
 _PLAN_KEYS = frozenset({"name", "when", "detect", "hash", "run", "skip"})
 # `[test]`: test mode's runners (gateway/testmode.py picks one, gateway/reports.py reads it).
-TEST_DETECTORS = frozenset({"npm-test-script", "maven-surefire"})
 REPORT_FORMATS = frozenset({"junit", "go-json"})
 _TEST_KEYS = frozenset({"paths", "runners"})
 _RUNNER_KEYS = frozenset({"name", "detect", "run", "report"})

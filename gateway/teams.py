@@ -9,7 +9,8 @@ from pathlib import Path
 
 from .audit import Ledger
 from .auth import Keys, Tokens, is_loopback
-from .config import Settings, SettingsError
+from .config import Settings
+from .errors import SettingsError
 from .metrics import Metrics
 from .quotas import Quotas
 from .registry import Registry

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -18,10 +17,13 @@ from typing import Any
 from . import events as ev
 from . import reports
 from .config import Settings
-from .errors import AppFailed, Invalid, PetriError
+from .deps import TEST_DETECTORS
+from .deps import maven_surefire as maven_surefire  # re-exported for its tests
+from .deps import npm_test_script as npm_test_script
+from .errors import AppFailed, Invalid, PetriError, ReportError
 from .executions import ExecutionLog
 from .models import AppBody, ExecBody, Execution
-from .reports import Cases, GoTestStream, ReportError
+from .reports import Cases, GoTestStream
 from .runner import STDOUT, Process, Runner
 from .runtimes import Runtime, TestRunner
 from .workspace import Workspace, clean_path
@@ -32,9 +34,6 @@ SANDBOX_ROOT = "/sandbox"
 APP_TAIL_BYTES = 4096
 DEFAULT_READY_SECONDS = 30
 MAX_REPORT_FILES = 200
-PACKAGE_JSON_BYTES = 1024 * 1024
-NPM_PLACEHOLDER = 'echo "Error: no test specified" && exit 1'  # what `npm init` writes
-SUREFIRE = ".deps/m2/org/apache/maven/plugins/maven-surefire-plugin"
 # Every runner gets its report folder made first; "$@" is the exec's `filename`, if any.
 _RUNNER_PREFIX = 'mkdir -p "$PETRI_REPORT_DIR" || exit 1\n'
 # The readiness probe, inside the sandbox (no network needed: loopback only). Once the app's
@@ -91,44 +90,9 @@ def choose_runner(runtime: Runtime, workspace: Workspace) -> TestRunner:
     has none: the fallback). Reads go through the workspace's no-symlink walks."""
     assert runtime.test is not None
     for runner in runtime.test.runners:
-        if not runner.detect or DETECTORS[runner.detect](workspace):
+        if not runner.detect or TEST_DETECTORS[runner.detect](workspace):
             return runner
     return runtime.test.runners[-1]
-
-
-def npm_test_script(workspace: Workspace) -> bool:
-    """package.json (at most 1 MiB) has a `scripts.test` that is not npm init's placeholder."""
-    try:
-        handle, size = workspace.read("package.json")
-    except PetriError:
-        return False
-    with handle:
-        if size > PACKAGE_JSON_BYTES:
-            return False
-        raw = handle.read(PACKAGE_JSON_BYTES + 1)
-    try:
-        data = json.loads(raw)
-    except (ValueError, RecursionError):
-        return False
-    scripts = data.get("scripts") if isinstance(data, dict) else None
-    test = scripts.get("test") if isinstance(scripts, dict) else None
-    return isinstance(test, str) and bool(test.strip()) and test.strip() != NPM_PLACEHOLDER
-
-
-def maven_surefire(workspace: Workspace) -> bool:
-    """pom.xml, and Surefire in the workspace's Maven repository (an online install put it
-    there): `mvn -o test` can run. Without it Maven cannot even resolve its test plugin."""
-    try:
-        workspace.read("pom.xml")[0].close()
-    except PetriError:
-        return False
-    return workspace.is_dir(SUREFIRE)
-
-
-DETECTORS: dict[str, Callable[[Workspace], bool]] = {
-    "npm-test-script": npm_test_script,
-    "maven-surefire": maven_surefire,
-}
 
 
 def check(runtime: Runtime, body: ExecBody, timeout: int) -> None:

@@ -33,6 +33,7 @@ from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from .errors import Invalid, NotFound, PetriError
+from .errors import SecretNotFound as SecretNotFound  # re-exported: sandboxes.py imports it
 from .registry import Registry
 
 log = logging.getLogger("petri.vault")
@@ -53,10 +54,6 @@ CREATE TABLE IF NOT EXISTS secrets (
     PRIMARY KEY (tenant, name)
 ) WITHOUT ROWID;
 """
-
-
-class SecretNotFound(PetriError):
-    status, code = 422, "secret_not_found"
 
 
 def key_file(path: Path) -> bytes:

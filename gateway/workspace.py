@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import BinaryIO
 
 from . import tree
-from .errors import BadRequest, Conflict, NotFound, PetriError, TooLarge
+from .errors import BadRequest, Conflict, NotFound, PetriError, TooLarge, WorkspaceFull
 
 log = logging.getLogger("petri.workspace")
 
@@ -36,10 +36,6 @@ DELETE_SECONDS = 120.0  # one delete of a folder; past it, 409 `delete_incomplet
 REMOVE_SECONDS = 600.0  # a whole workspace, once its container is gone
 STAGING = (".petri", "staging")  # uploads are staged here (gateway/uploads.py)
 _DIR = tree.DIR_FLAGS
-
-
-class QuotaExceeded(PetriError):
-    status, code = 413, "quota_exceeded"
 
 
 @dataclass(frozen=True, slots=True)
@@ -287,7 +283,7 @@ def path_error(exc: OSError, path: str) -> PetriError:
     if exc.errno == errno.EISDIR:
         return Conflict(f"{short} is a directory", code="is_a_directory")
     if exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
-        return QuotaExceeded(f"the workspace is full writing {short}")
+        return WorkspaceFull(f"the workspace is full writing {short}")
     if exc.errno == errno.ENAMETOOLONG:
         return BadRequest(f"{short}: name too long", code="invalid_path")
     return BadRequest(f"{short}: {exc.strerror}", code="file_error")
@@ -306,9 +302,6 @@ class Workspaces:
 
     def get(self, sandbox_id: str) -> Workspace:
         return Workspace(self.root / sandbox_id, self.uid, self.gid)
-
-    def exists(self, sandbox_id: str) -> bool:
-        return (self.root / sandbox_id).is_dir()
 
     async def create(self, sandbox_id: str, disk_mb: int) -> Workspace:
         path = self.root / sandbox_id
@@ -335,10 +328,6 @@ class Workspaces:
         await tree.in_remover(_remove_tree, self.root, sandbox_id)
         with contextlib.suppress(FileNotFoundError):
             image.unlink()
-
-    def known(self) -> set[str]:
-        # Dot-folders are the gateway's own (`.images`, the egress proxy's `.egress`).
-        return {p.name for p in self.root.iterdir() if p.is_dir() and not p.name.startswith(".")}
 
     async def _mount_image(self, sandbox_id: str, path: Path, disk_mb: int) -> None:
         if os.geteuid() != 0 or shutil.which("mkfs.ext4") is None:

@@ -45,12 +45,13 @@ class Gateway:
     port: int
     proc: subprocess.Popen[bytes] | None = None
     log_path: Path | None = None
+    module: str = "gateway"  # what `python -m` runs (tests.faulty_gateway: one more route)
 
     def start(self) -> None:
         self.log_path = self.data_dir.parent / f"gateway-{self.port}.log"
         log = open(self.log_path, "ab")  # noqa: SIM115
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "gateway", "serve", "--port", str(self.port)],
+            [sys.executable, "-m", self.module, "serve", "--port", str(self.port)],
             cwd=ROOT,
             env=self.env,
             stdout=log,
@@ -133,13 +134,14 @@ def docker_ready() -> None:
 
 @contextlib.contextmanager
 def running_gateway(
-    name: str, *, env: dict[str, str] | None = None, **settings: str
+    name: str, *, env: dict[str, str] | None = None, module: str = "gateway", **settings: str
 ) -> Iterator[Gateway]:
     """A gateway of its own (fresh directories, `settings` as PETRI_* variables, extra `env`),
     started, and afterwards stopped with every container and directory it made removed."""
     tmp = Path(tempfile.mkdtemp(prefix=f"petri-{name}-"))
     gw = make_gateway(tmp, **settings)
     gw.env.update(env or {})
+    gw.module = module
     try:
         gw.start()
         yield gw

@@ -179,7 +179,7 @@ def _raw(gw: Gateway, request_line: bytes, body: bytes = b"") -> tuple[int, byte
     address = urlsplit(gw.url)
     with socket.create_connection((address.hostname, address.port), timeout=10) as s:
         s.sendall(
-            request_line + b"\r\nHost: x\r\nConnection: close\r\n"
+            request_line + b"\r\nHost: localhost\r\nConnection: close\r\n"
             b"Content-Length: " + str(len(body)).encode() + b"\r\n\r\n" + body
         )
         data = b""

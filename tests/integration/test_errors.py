@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -122,3 +124,51 @@ def test_docker_unreachable_is_503(no_docker_gateway: Gateway) -> None:
         r = c.post("/v1/sandboxes", json={"language": "python"})
         assert error_of(r, 503) == "docker_unavailable"
         assert c.get("/v1/sandboxes").json()["sandboxes"] == []
+
+
+ORIGIN = "https://app.example"
+
+
+@pytest.fixture(scope="module")
+def faulty_gateway() -> Iterator[Gateway]:
+    """A real gateway with one route that raises a plain exception (tests/faulty_gateway.py)."""
+    with running_gateway(
+        "faulty",
+        module="tests.faulty_gateway",
+        cors_origins=ORIGIN,
+        log_format="json",
+        log_level="info",
+    ) as gw:
+        yield gw
+
+
+def test_an_internal_error_is_one_logged_json_500_with_cors(faulty_gateway: Gateway) -> None:
+    """A bug answers 500 `internal` as JSON, with the CORS headers a page of an allowed origin
+    needs to read it and the request id, no traceback or exception text; the log holds it
+    exactly once, under that request id."""
+    from tests.faulty_gateway import SECRET
+
+    with faulty_gateway.client(timeout=30) as c:
+        for method in ("GET", "POST"):
+            r = c.request(method, "/v1/boom", headers={"Origin": ORIGIN}, json={})
+            assert error_of(r, 500) == "internal_error"
+            assert r.headers["access-control-allow-origin"] == ORIGIN
+            assert SECRET not in r.text and "RuntimeError" not in r.text
+            rid = r.headers["x-request-id"]
+            assert faulty_gateway.log_path is not None
+            deadline = time.monotonic() + 10
+            while time.monotonic() < deadline:
+                lines = faulty_gateway.log_path.read_text().splitlines()
+                mentions = [line for line in lines if SECRET in line]
+                if mentions and any(rid in line for line in lines):
+                    break
+                time.sleep(0.1)
+            errors = [json.loads(line) for line in lines if line.startswith("{")]
+            logged = [e for e in errors if SECRET in e.get("error", "") + e["message"]]
+            assert len(logged) == 1, lines[-20:]
+            assert logged[0]["request_id"] == rid and logged[0]["level"] == "error"
+            access = [e for e in errors if e.get("path") == "/v1/boom"]
+            assert access[-1]["status"] == 500 and access[-1]["request_id"] == rid
+            faulty_gateway.log_path.write_text("")  # the next request's lines alone
+        # The gateway still answers, and a preflight from the same origin is allowed.
+        assert c.get("/healthz").status_code == 200

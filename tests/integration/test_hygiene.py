@@ -134,7 +134,7 @@ def test_every_endpoint_refuses_an_oversized_declared_body(
     uploads = path.endswith(("/files", "/files/{path}", "/upload"))
     limit = MAX_UPLOAD + UPLOAD_SLACK if uploads else MAX_BODY
     head = (
-        f"{method} {_url(path, sid)} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n"
+        f"{method} {_url(path, sid)} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n"
         f"Content-Type: application/json\r\nContent-Length: {limit + 1}"
     ).encode()
     # Refused on the declared length alone, before a byte of the body is read.
@@ -343,10 +343,10 @@ def test_hostile_ids_queries_and_headers(small_gateway: Gateway, c: httpx.Client
     # Bytes no client would send: the HTTP parser refuses them before the app (a plain-text
     # 400 from uvicorn), or the app answers with a JSON error.
     for head in (
-        b"GET /v1/sandboxes/\xff\xfe HTTP/1.1\r\nHost: x\r\nConnection: close",
-        b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Bad: a\x00b\r\nConnection: close",
-        b"GET /" + b"a" * 100_000 + b" HTTP/1.1\r\nHost: x\r\nConnection: close",
-        b"POST /v1/sandboxes HTTP/1.1\r\nHost: x\r\nContent-Length: -1\r\nConnection: close",
+        b"GET /v1/sandboxes/\xff\xfe HTTP/1.1\r\nHost: localhost\r\nConnection: close",
+        b"GET /healthz HTTP/1.1\r\nHost: localhost\r\nX-Bad: a\x00b\r\nConnection: close",
+        b"GET /" + b"a" * 100_000 + b" HTTP/1.1\r\nHost: localhost\r\nConnection: close",
+        b"POST /v1/sandboxes HTTP/1.1\r\nHost: [::1]\r\nContent-Length: -1\r\nConnection: close",
     ):
         status, _, payload = _raw(small_gateway, head)
         oversized = len(head) > 65536  # unread bytes left behind: a reset may come first
@@ -378,3 +378,186 @@ def test_unknown_routes_and_methods_are_json(c: httpx.Client) -> None:
     assert error_of(c.get("/v1/sandboxes/x/nope/y"), 404) == "route_not_found"
     assert error_of(c.delete("/healthz"), 405) == "method_not_allowed"
     assert error_of(c.put("/v1/sandboxes"), 405) == "method_not_allowed"
+
+
+# --- odd numbers, wherever a body holds a number ------------------------------------------------
+
+ODD_NUMBERS = [True, False, 1.5, 1.0, -0.0, 0, -1, 2**63, 2**64, -(2**63) - 1, 10**30, "5", [5]]
+NUMBER_FIELDS = [
+    ("sandbox", "ttl_seconds"),
+    ("limits", "memory_mb"),
+    ("limits", "pids"),
+    ("limits", "disk_mb"),
+    ("exec", "timeout_seconds"),
+    ("exec", "idle_timeout_seconds"),
+    ("service", "port"),
+    ("service", "ready_timeout_seconds"),
+    ("service", "preview_ttl_seconds"),
+    ("app", "port"),
+    ("app", "ready_timeout_seconds"),
+]
+
+
+def _numbered(sid: str, kind: str, field: str, value: Any) -> tuple[str, dict[str, Any]]:
+    if kind == "sandbox":
+        return "/v1/sandboxes", {"language": "python", field: value}
+    if kind == "limits":
+        return "/v1/sandboxes", {"language": "python", "limits": {field: value}}
+    if kind == "exec":
+        return f"/v1/sandboxes/{sid}/exec", {"command": "true", field: value}
+    if kind == "service":
+        return f"/v1/sandboxes/{sid}/services", {"command": "true", "port": 8000, field: value}
+    app = {"command": "true", "port": 5000, field: value}
+    return f"/v1/sandboxes/{sid}/exec", {"test": True, "command": "true", "app": app}
+
+
+@pytest.mark.parametrize(("kind", "field"), NUMBER_FIELDS)
+def test_odd_numbers_are_refused_where_integers_are_expected(
+    c: httpx.Client, sid: str, kind: str, field: str
+) -> None:
+    """Booleans, floats (even 1.0 and -0.0), strings, lists, 0, negatives and integers past
+    SQLite's range are a 4xx JSON error naming the field, never a 500, never clamped;
+    nothing is made."""
+    before = len(c.get("/v1/sandboxes").json()["sandboxes"])
+    for value in ODD_NUMBERS:
+        url, body = _numbered(sid, kind, field, value)
+        r = c.post(url, json=body)
+        assert 400 <= r.status_code < 500, (field, value, r.status_code, r.text)
+        error_of(r, r.status_code)
+        assert field in r.json()["error"]["message"], (field, value, r.text)
+    assert len(c.get("/v1/sandboxes").json()["sandboxes"]) == before
+    assert c.get(f"/v1/sandboxes/{sid}/executions").json()["executions"] == []
+
+
+def test_float_literals_past_the_double_range_and_minus_zero(c: httpx.Client, sid: str) -> None:
+    for raw in (b"1e309", b"-1e309", b"-0", b"1E400", b"0.0000001e-400"):
+        body = b'{"command": "true", "timeout_seconds": ' + raw + b"}"
+        r = c.post(
+            f"/v1/sandboxes/{sid}/exec", content=body, headers={"content-type": "application/json"}
+        )
+        assert error_of(r, 422) == "invalid_field", raw
+
+
+# --- the audit stream, secrets, /mcp, previews ------------------------------------------------
+
+
+def test_a_bad_cursor_is_refused_before_a_stream_starts(c: httpx.Client) -> None:
+    """`after` / `Last-Event-ID` of the audit stream are checked before the response starts:
+    a 400 JSON error, not a stream that breaks off (it used to start, then fail)."""
+    for query in ("after=%ff", "after=-1", "after=1.0", f"after={2**63}", "after=true"):
+        assert error_of(c.get(f"/v1/audit/events?{query}"), 400) == "invalid_query", query
+    r = c.get("/v1/audit/events", headers={"Last-Event-ID": "-0"})
+    assert error_of(r, 400) == "invalid_header"
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        b"{",
+        b'{"value": "\xff\xfe-secret"}',
+        b'{"value": "abcd", "extra": 1}',
+        b'{"value": 12345}',
+        b'{"value": true}',
+        b'{"value": null}',
+        b'{"value": "\\ud800abc"}',
+        b'{"value": "ab\\u0000cd"}',
+        b"[" * 5000 + b"]" * 5000,
+        b'"abcd"',
+    ],
+)
+def test_hostile_secret_bodies(c: httpx.Client, body: bytes) -> None:
+    r = c.put("/v1/secrets/HOSTILE", content=body, headers={"content-type": "application/json"})
+    assert 400 <= r.status_code < 500, r.text
+    error_of(r, r.status_code)
+    assert all(s["name"] != "HOSTILE" for s in c.get("/v1/secrets").json()["secrets"])
+
+
+@pytest.mark.parametrize(
+    "name", ["%ff", "%00", "a%2fb", "..%2f..%2fx", "x" * 300, "a%20b", "%e2%80%ae"]
+)
+def test_hostile_secret_names(c: httpx.Client, name: str) -> None:
+    r = c.put(f"/v1/secrets/{name}", json={"value": "abcdefgh"})
+    assert r.status_code in (404, 422), r.text
+    error_of(r, r.status_code)
+
+
+MCP_HEADERS = {"accept": "application/json, text/event-stream", "content-type": "application/json"}
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        b"{",
+        b"\xff\xfe",
+        b'{"jsonrpc": "2.0", "id": 1, "method": "tools/list", "params": {}, "x": 1}',
+        b'{"jsonrpc": "2.0", "id": 1e309, "method": "tools/list"}',
+        b'{"jsonrpc": "2.0", "id": NaN, "method": "tools/list"}',
+        b"[" * 5000 + b"]" * 5000,
+        b'{"jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": {"name": '
+        b'"create_sandbox", "arguments": {"language": "python", "ttl_seconds": 1e400}}}',
+        b'{"jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": {"name": '
+        b'"create_sandbox", "arguments": {"language": "python", "ttl_seconds": true}}}',
+        b'{"jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": {"name": '
+        b'"read_file", "arguments": {"sandbox_id": "sb-x", "path": "../../etc/passwd"}}}',
+    ],
+)
+def test_hostile_mcp_bodies_are_never_a_500(c: httpx.Client, body: bytes) -> None:
+    r = c.post("/mcp", content=body, headers=MCP_HEADERS)
+    assert r.status_code < 500 and "Traceback" not in r.text, r.text[:300]
+    assert "root:x:0:0" not in r.text
+
+
+def test_mcp_bodies_are_bounded(small_gateway: Gateway, c: httpx.Client) -> None:
+    big = b'{"jsonrpc": "2.0", "id": 1, "method": "x", "params": {"p": "' + b"a" * MAX_BODY + b'"}}'
+    assert error_of(c.post("/mcp", content=big, headers=MCP_HEADERS), 413) == "too_large"
+
+    def chunked() -> Iterator[bytes]:
+        yield b'{"jsonrpc": "2.0", "id": 1, "method": "x", "params": {"p": "'
+        for _ in range(4):
+            yield b"a" * MAX_BODY
+        yield b'"}}'
+
+    r = c.post("/mcp", content=chunked(), headers=MCP_HEADERS)
+    assert r.status_code == 413, r.text[:200]
+
+
+def test_preview_paths_cannot_escape_to_the_api(small_gateway: Gateway) -> None:
+    token = b"a" * 52
+    for target in (
+        b"/preview/" + token + b"/../../v1/sandboxes",
+        b"/preview/" + token + b"/%2e%2e/%2e%2e/v1/sandboxes",
+        b"/preview/..%2f..%2fv1/sandboxes",
+        b"/preview/%2e%2e/v1/sandboxes",
+        b"/preview/" + token + b"%00/x",
+        b"/preview/" + b"a" * 5000 + b"/x",
+    ):
+        status, _, payload = _raw(small_gateway, b"GET " + target + b" HTTP/1.1\r\nHost: "
+                                  b"localhost\r\nConnection: close")
+        assert status in (400, 404), (target[:80], status, payload[:200])
+        assert b'"sandboxes"' not in payload, target[:80]
+    for head in (b"GET /preview/\xff\xfe/x HTTP/1.1", b"GET /preview/" + token + b"/\xff HTTP/1.1"):
+        status, _, _ = _raw(small_gateway, head + b"\r\nHost: localhost\r\nConnection: close")
+        assert status == 400, head
+
+
+def test_invalid_utf8_in_headers_never_fails_a_request(small_gateway: Gateway, sid: str) -> None:
+    """Header values are bytes (HTTP allows obs-text): read as Latin-1, refused or ignored,
+    never a 500."""
+    body = b'{"command": "true", "wait": false}'
+    for header in (
+        b"Idempotency-Key: \xff\xfe",
+        b"X-Request-Id: \xff",
+        b"Authorization: Bearer \xff\xfe",
+        b"Last-Event-ID: \xff",
+        b"Accept: text/event-stream\xff",
+        b"Origin: http://\xff",
+        b"Content-Type: application/json; charset=\xff",
+    ):
+        head = (
+            b"POST /v1/sandboxes/" + sid.encode() + b"/exec HTTP/1.1\r\nHost: localhost\r\n"
+            b"Connection: close\r\nContent-Type: application/json\r\nContent-Length: "
+            + str(len(body)).encode() + b"\r\n" + header
+        )
+        status, _, payload = _raw(small_gateway, head, body)
+        assert status < 500, (header, status, payload[:200])
+        assert b"Traceback" not in payload

@@ -183,7 +183,7 @@ def _closed_within(s: socket.socket, seconds: float, trickle: bytes = b"") -> fl
 
 @pytest.mark.parametrize(
     "head",
-    [b"", b"GET /healthz HT", b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Slow: "],
+    [b"", b"GET /healthz HT", b"GET /healthz HTTP/1.1\r\nHost: localhost\r\nX-Slow: "],
     ids=["nothing", "partial-request-line", "partial-headers"],
 )
 def test_an_incomplete_request_head_is_closed_at_the_deadline(gw: Gateway, head: bytes) -> None:
@@ -203,7 +203,7 @@ def test_a_head_trickled_byte_by_byte_is_closed_at_the_deadline(gw: Gateway) -> 
 
 def test_the_deadline_applies_again_after_each_response(gw: Gateway) -> None:
     with _connect(gw) as s:
-        s.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        s.sendall(b"GET /healthz HTTP/1.1\r\nHost: localhost\r\n\r\n")
         reply = b""
         while b'{"status":"ok"}' not in reply:
             reply += s.recv(65536)
@@ -228,7 +228,7 @@ def test_a_slow_stream_and_a_slow_client_with_a_complete_head_are_not_cut(
         body = b'{"command": "echo slow body"}'
         with _connect(gw) as s:
             s.sendall(
-                f"POST /v1/sandboxes/{sid}/exec HTTP/1.1\r\nHost: x\r\nConnection: close\r\n"
+                f"POST /v1/sandboxes/{sid}/exec HTTP/1.1\r\nHost: [::1]\r\nConnection: close\r\n"
                 f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n".encode()
             )
             time.sleep(HEADER_TIMEOUT + 1)
@@ -245,7 +245,7 @@ def test_200_idle_connections_do_not_stop_the_gateway(gw: Gateway, c: httpx.Clie
     sockets = [_connect(gw) for _ in range(200)]
     try:
         for s in sockets:
-            s.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n")  # never finished
+            s.sendall(b"GET /healthz HTTP/1.1\r\nHost: localhost\r\n")  # never finished
         start = time.monotonic()
         assert c.get("/healthz", timeout=5).status_code == 200
         assert time.monotonic() - start < 2

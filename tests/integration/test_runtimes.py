@@ -7,10 +7,12 @@ network, no capabilities, the workspace bind-mounted at /sandbox.
 
 from __future__ import annotations
 
+import itertools
 import os
 import re
 import shutil
 import subprocess
+import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -18,7 +20,10 @@ from typing import Any
 import httpx
 import pytest
 
+from gateway.config import Settings
 from gateway.images import HASH_LABEL, build_images
+from gateway.models import Limits, Sandbox
+from gateway.runner import ContainerSpec
 from gateway.runtimes import Runtime, load_runtimes
 
 pytestmark = pytest.mark.docker
@@ -27,15 +32,86 @@ REPO_RUNTIMES = Path(__file__).resolve().parents[2] / "runtimes"
 RUNTIMES = load_runtimes(REPO_RUNTIMES)
 NAMES = sorted(RUNTIMES)
 
-HARDENING = [
-    "--init",
-    "--user", "1000:1000",
-    "--read-only",
-    "--tmpfs", "/tmp:exec",
-    "--network", "none",
-    "--cap-drop", "ALL",
-    "--security-opt", "no-new-privileges",
-]  # fmt: skip
+def sandbox_container(runtime: Runtime, workspace: Path) -> dict[str, Any]:
+    """The Docker Engine config the gateway creates a sandbox of `runtime` with (default
+    settings and limits, `workspace` bind-mounted): the one place these tests read the
+    gateway's container spec from, so they can never restate it and drift."""
+    with tempfile.TemporaryDirectory() as tmp:
+        settings = Settings.from_env(
+            {
+                "PETRI_RUNTIMES_DIR": str(REPO_RUNTIMES),
+                "PETRI_DATA_DIR": f"{tmp}/data",
+                "PETRI_WORKSPACE_ROOT": f"{tmp}/workspaces",
+            }
+        )
+    limits = Limits(settings.memory_mb, settings.cpus, settings.pids_limit, settings.disk_mb)
+    sandbox = Sandbox("sb-test", runtime.name, "running", 0.0, 0.0, 60, limits)
+    spec = ContainerSpec.for_sandbox(
+        settings,
+        sandbox,
+        name="petri-test",
+        image=runtime.image,
+        labels={},
+        binds=[f"{workspace}:/sandbox:rw"],
+        env=dict(runtime.env),
+    )
+    return spec.config()
+
+
+def run_flags(config: dict[str, Any]) -> list[str]:
+    """`docker run` flags for an Engine API container config. A key it cannot translate
+    fails the test: a new hardening setting of the gateway must show up here too."""
+    flags = ["--user", config.pop("User"), "--workdir", config.pop("WorkingDir")]
+    flags += ["--hostname", config.pop("Hostname")]
+    flags += [flag for env in config.pop("Env") for flag in ("-e", env)]
+    for key in ("Image", "Cmd", "Labels", "AttachStdout", "AttachStderr"):
+        config.pop(key)  # the image and argv are the test's; labels and attaching change nothing
+    disabled = config.pop("NetworkDisabled")  # the same as NetworkMode none, to the CLI
+    host = config.pop("HostConfig")
+    assert disabled == (host.get("NetworkMode") == "none")
+    assert not config, f"container settings run_flags does not know: {sorted(config)}"
+    translate: dict[str, Callable[[Any], list[str]]] = {
+        "Binds": lambda v: [f for b in v for f in ("-v", b)],
+        "NetworkMode": lambda v: ["--network", v],
+        "ReadonlyRootfs": lambda v: ["--read-only"] if v else [],
+        "Tmpfs": lambda v: [f for path, o in v.items() for f in ("--tmpfs", f"{path}:{o}")],
+        "ShmSize": lambda v: ["--shm-size", f"{v}b"],
+        "OomScoreAdj": lambda v: ["--oom-score-adj", str(v)],
+        "CapDrop": lambda v: [f for c in v for f in ("--cap-drop", c)],
+        "CapAdd": lambda v: [f for c in v for f in ("--cap-add", c)],
+        "SecurityOpt": lambda v: [f for o in v for f in ("--security-opt", o)],
+        "Memory": lambda v: ["--memory", f"{v}b"],
+        "MemorySwap": lambda v: ["--memory-swap", f"{v}b"],
+        "NanoCpus": lambda v: ["--cpus", str(v / 1e9)],
+        "PidsLimit": lambda v: ["--pids-limit", str(v)],
+        "Ulimits": lambda v: [
+            f for u in v for f in ("--ulimit", f"{u['Name']}={u['Soft']}:{u['Hard']}")
+        ],
+        "LogConfig": lambda v: ["--log-driver", v["Type"]],
+        "Init": lambda v: ["--init"] if v else [],
+        "Runtime": lambda v: ["--runtime", v],
+        "Dns": lambda v: [f for d in v for f in ("--dns", d)],
+    }
+    unknown = sorted(set(host) - set(translate))
+    assert not unknown, f"HostConfig settings run_flags does not know: {unknown}"
+    for key, value in host.items():
+        flags += translate[key](value)
+    return flags
+
+
+def test_the_flags_are_the_gateways_hardening(tmp_path: Path) -> None:
+    """The translation keeps what the sandbox's safety rests on (DESIGN §4), with no `--init`
+    the gateway does not use (its PID 1 is its own keeper)."""
+    flags = run_flags(sandbox_container(RUNTIMES["python"], tmp_path))
+    pairs = set(itertools.pairwise(flags))
+    for pair in [
+        ("--user", "1000:1000"), ("--network", "none"), ("--cap-drop", "ALL"),
+        ("--security-opt", "no-new-privileges"), ("--memory-swap", f"{512 * 1024 * 1024}b"),
+        ("--pids-limit", "256"), ("-v", f"{tmp_path}:/sandbox:rw"),
+    ]:  # fmt: skip
+        assert pair in pairs, (pair, flags)
+    assert "--read-only" in flags and "--init" not in flags
+    assert any(f.startswith("/tmp:") and "nosuid" in f for f in flags)
 
 
 @pytest.fixture(scope="module")
@@ -69,10 +145,9 @@ def workspace_copy(runtime: Runtime, tmp_path: Path) -> Path:
 def docker_run(
     runtime: Runtime, workspace: Path, argv: list[str]
 ) -> subprocess.CompletedProcess[str]:
-    env_flags = [flag for key, value in runtime.env.items() for flag in ("-e", f"{key}={value}")]
+    flags = run_flags(sandbox_container(runtime, workspace))
     return subprocess.run(
-        ["docker", "run", "--rm", *HARDENING, *env_flags, "-v", f"{workspace}:/sandbox",
-         runtime.image, *argv],
+        ["docker", "run", "--rm", *flags, runtime.image, *argv],
         capture_output=True,
         text=True,
         timeout=180,

@@ -4,6 +4,7 @@ hint, the install log, and runtime.toml validation of `[install]`. No Docker."""
 
 from __future__ import annotations
 
+import ast
 import json
 import os
 import subprocess
@@ -15,6 +16,7 @@ import pytest
 
 from gateway import installer
 from gateway.deps import (
+    SCAN_SKIP,
     Choice,
     choose,
     go_import_paths,
@@ -444,3 +446,23 @@ def test_bad_install_tables_are_refused(
     assert old in GOOD_INSTALL
     with pytest.raises(ValueError, match=message.replace("[", r"\[")):
         load_demo(tmp_path, GOOD_INSTALL.replace(old, new, 1))
+
+
+def test_the_install_container_skips_the_same_folders() -> None:
+    """The gateway's import scan (deps.SCAN_SKIP) and the install container's
+    (runtimes/python/petri_deps.py SKIP_DIRS, which cannot import the gateway) skip the same
+    folders: else the gateway keys a cache on imports the container never installs, or the
+    container installs imports of a vendored tree the gateway ignored."""
+    source = (Path(__file__).resolve().parents[2] / "runtimes/python/petri_deps.py").read_text()
+    found = [
+        node.value
+        for node in ast.parse(source).body
+        if isinstance(node, ast.Assign)
+        and any(isinstance(t, ast.Name) and t.id == "SKIP_DIRS" for t in node.targets)
+    ]
+    assert len(found) == 1, "petri_deps.py must assign SKIP_DIRS once, as a set literal"
+    skip = ast.literal_eval(found[0])
+    assert set(skip) == set(SCAN_SKIP), (
+        f"missing in petri_deps.py: {sorted(set(SCAN_SKIP) - set(skip))}, "
+        f"extra there: {sorted(set(skip) - set(SCAN_SKIP))}"
+    )

@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 
 from gateway import reports
-from gateway.reports import Cases, GoTestStream, ReportError, parse_junit
+from gateway.errors import ReportError
+from gateway.reports import Cases, GoTestStream, parse_junit
 
 DATA = Path(__file__).parent / "reports"
 

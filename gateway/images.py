@@ -3,7 +3,9 @@
 An image is rebuilt only when its folder's content or its base image changed: the image
 carries the label `petri.hash`, a digest of both, and a build whose digest matches is skipped.
 Where no registry can be reached, the base is bootstrapped from Debian packages with
-`debootstrap` and imported as `petri-base:trixie`.
+`debootstrap` and imported as `petri-base:trixie`. Every runtime's Dockerfile gets
+`runtimes/sandbox-user.Dockerfile` appended (the sandbox user, made with PETRI_SANDBOX_USER's
+uid and gid, WORKDIR, USER, CMD): one place for what all four images share.
 """
 
 from __future__ import annotations
@@ -32,6 +34,9 @@ DEBIAN_MIRROR = "http://deb.debian.org/debian"
 BASE_ENV = "PETRI_BASE_IMAGE"
 HASH_LABEL = "petri.hash"
 RUNTIME_LABEL = "petri.runtime"
+USER_LABEL = "petri.sandbox_user"
+USER_TAIL = "sandbox-user.Dockerfile"
+DEFAULT_SANDBOX_USER = "1000:1000"
 PULL_TIMEOUT_SECONDS = 60.0
 _IGNORED_PARTS = frozenset({"__pycache__", ".pytest_cache", ".git"})
 _ERROR_TAIL_LINES = 20
@@ -100,10 +105,12 @@ def build_images(
     force: bool = False,
     log: Log = print,
     base_image: str = "",
+    sandbox_user: str = DEFAULT_SANDBOX_USER,
 ) -> list[BuildResult]:
     """Build the named runtimes' images (all by default), skipping unchanged ones.
 
-    `force` rebuilds every named image without Docker's layer cache (fresh packages).
+    `force` rebuilds every named image without Docker's layer cache (fresh packages);
+    `sandbox_user` ("uid:gid", PETRI_SANDBOX_USER) is the user the images make and run as.
     """
     selected = list(runtimes) if not names else list(dict.fromkeys(names))
     unknown = [name for name in selected if name not in runtimes]
@@ -114,19 +121,58 @@ def build_images(
     base_id = _image_id(base) or "absent"
     results: list[BuildResult] = []
     for name in selected:
-        results.append(_build_one(runtimes[name], base, base_id, force=force, log=log))
+        results.append(
+            _build_one(runtimes[name], base, base_id, sandbox_user, force=force, log=log)
+        )
     return results
 
 
-def image_hash(runtime: Runtime, base: str, base_id: str) -> str:
-    """The `petri.hash` label value: the folder's content plus the base image it builds on."""
-    folded = f"{content_hash(runtime.folder)}\0{base}\0{base_id}".encode()
-    return hashlib.sha256(folded).hexdigest()
+def image_hash(
+    runtime: Runtime, base: str, base_id: str, sandbox_user: str = DEFAULT_SANDBOX_USER
+) -> str:
+    """The `petri.hash` label value: the folder's content, the shared tail, the sandbox user
+    and the base image it builds on."""
+    tail = hashlib.sha256(_user_tail(runtime).read_bytes()).hexdigest()
+    folded = f"{content_hash(runtime.folder)}\0{tail}\0{sandbox_user}\0{base}\0{base_id}"
+    return hashlib.sha256(folded.encode()).hexdigest()
 
 
-def _build_one(runtime: Runtime, base: str, base_id: str, *, force: bool, log: Log) -> BuildResult:
+def image_user(image: str) -> str | None:
+    """The sandbox user ("uid:gid") an image was built for, None if absent or unlabelled."""
+    return _image_label(image, USER_LABEL) or None
+
+
+def user_mismatches(runtimes: Mapping[str, Runtime], sandbox_user: str) -> list[str]:
+    """One line per built image whose sandbox user is not `sandbox_user` (PETRI_SANDBOX_USER
+    changed since `petri images build`: programs would run as a user without a passwd entry)."""
+    lines = []
+    for runtime in runtimes.values():
+        built_for = image_user(runtime.image)
+        if built_for is not None and built_for != sandbox_user:
+            lines.append(
+                f"{runtime.image} was built for sandbox user {built_for}, but "
+                f"PETRI_SANDBOX_USER is {sandbox_user}: run `petri images build`"
+            )
+    return lines
+
+
+def _user_tail(runtime: Runtime) -> Path:
+    return runtime.folder.parent / USER_TAIL
+
+
+def _sandbox_ids(sandbox_user: str) -> tuple[str, str]:
+    uid, sep, gid = sandbox_user.partition(":")
+    if not (sep and uid.isdigit() and gid.isdigit()) or int(uid) == 0:
+        raise ValueError(f"sandbox user must be a non-root 'uid:gid', got {sandbox_user!r}")
+    return uid, gid
+
+
+def _build_one(
+    runtime: Runtime, base: str, base_id: str, sandbox_user: str, *, force: bool, log: Log
+) -> BuildResult:
     started = time.monotonic()
-    wanted = image_hash(runtime, base, base_id)
+    uid, gid = _sandbox_ids(sandbox_user)
+    wanted = image_hash(runtime, base, base_id, sandbox_user)
     if not force and _image_label(runtime.image, HASH_LABEL) == wanted:
         log(f"{runtime.name}: {runtime.image} is up to date")
         return BuildResult(runtime.name, runtime.image, "unchanged", time.monotonic() - started)
@@ -140,15 +186,25 @@ def _build_one(runtime: Runtime, base: str, base_id: str, *, force: bool, log: L
         f"{HASH_LABEL}={wanted}",
         "--label",
         f"{RUNTIME_LABEL}={runtime.name}",
+        "--label",
+        f"{USER_LABEL}={uid}:{gid}",
         "--build-arg",
         f"BASE={base}",
+        "--build-arg",
+        f"SANDBOX_UID={uid}",
+        "--build-arg",
+        f"SANDBOX_GID={gid}",
         "-t",
         runtime.image,
     ]
     if force:
         argv.append("--no-cache")
-    argv.append(str(runtime.folder))
-    code, tail = _stream(argv, prefix=f"{runtime.name}: ", log=log)
+    with tempfile.TemporaryDirectory(prefix="petri-dockerfile-") as tmp:
+        dockerfile = Path(tmp) / "Dockerfile"
+        own = (runtime.folder / "Dockerfile").read_text()
+        dockerfile.write_text(own.rstrip("\n") + "\n\n" + _user_tail(runtime).read_text())
+        argv += ["-f", str(dockerfile), str(runtime.folder)]
+        code, tail = _stream(argv, prefix=f"{runtime.name}: ", log=log)
     if code != 0:
         raise ImageBuildError(
             f"building the {runtime.name!r} runtime image {runtime.image} failed "

@@ -17,7 +17,7 @@ from uvicorn.protocols.http.h11_impl import H11Protocol
 from . import logs
 from .auth import is_loopback
 from .config import Settings, SettingsError
-from .images import ImageBuildError, build_images
+from .images import ImageBuildError, build_images, user_mismatches
 from .registry import Registry
 from .runtimes import load_runtimes
 from .teams import Teams
@@ -90,6 +90,11 @@ def serve(host: str | None, port: int) -> int:
         print(f"petri: bad configuration: {exc}", file=sys.stderr)
         return 2
     logs.configure(settings.log_format, settings.log_level)
+    try:
+        for line in user_mismatches(load_runtimes(settings.runtimes_dir), settings.sandbox_user):
+            print(f"petri: warning: {line}", file=sys.stderr)
+    except (ValueError, ImageBuildError):
+        pass  # no runtimes or no docker CLI: creates will say so with a clear error
     if not is_loopback(settings.host):  # refuse before binding (the app checks again)
         registry = Registry(settings.data_dir)
         try:
@@ -138,7 +143,11 @@ def images(names: list[str], force: bool) -> int:
             print(f"petri: unknown runtime(s): {', '.join(unknown)}", file=sys.stderr)
             return 2
         for result in build_images(
-            runtimes, names or None, force=force, base_image=settings.base_image
+            runtimes,
+            names or None,
+            force=force,
+            base_image=settings.base_image,
+            sandbox_user=settings.sandbox_user,
         ):
             print(f"{result.name}: {result.status} ({result.image}, {result.seconds:.1f}s)")
     except (SettingsError, ValueError, ImageBuildError) as exc:

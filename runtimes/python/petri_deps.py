@@ -25,7 +25,10 @@ import sys
 import tomllib
 import types
 
-SKIP_DIRS = {".deps", "node_modules", ".git", ".hg", ".svn", ".tox", "__pycache__", "env", "venv"}
+SKIP_DIRS = {
+    ".deps", "node_modules", ".git", ".hg", ".svn", ".tox", "__pycache__", "env", "venv",
+    ".venv", "vendor", "testdata", "lost+found",
+}
 MAX_FILES = 5000
 MAX_BYTES = 1024 * 1024
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import shutil
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -42,8 +43,12 @@ def fake_settings(tmp: Path, **overrides: Any) -> Settings:
 @contextlib.asynccontextmanager
 async def domain(tmp: Path, **overrides: Any) -> AsyncIterator[tuple[Sandboxes, FakeBackend]]:
     fake = FakeBackend()
-    async with open_gateway(fake_settings(tmp, **overrides), fake) as sandboxes:
-        yield sandboxes, fake
+    settings = fake_settings(tmp, **overrides)
+    try:
+        async with open_gateway(settings, fake) as sandboxes:
+            yield sandboxes, fake
+    finally:
+        shutil.rmtree(settings.egress_sockets, ignore_errors=True)
     assert not fake.running(), "an exec outlived the gateway"
 
 
@@ -257,3 +262,27 @@ async def test_recovery_sweeps_containers_no_sandbox_owns(tmp_path: Path) -> Non
         removed = await sandboxes.sweep_orphans()
         assert len(removed) == 2
         assert sorted(fake.containers) == sorted([sb.container_id, foreign])
+
+
+async def test_the_installer_runs_once_per_manifest(tmp_path: Path) -> None:
+    """A manifest starts one install container (its output as `install` events, never
+    stdout); the same manifest again is a cache hit that starts nothing; a changed one
+    installs again."""
+    async with domain(tmp_path) as (sandboxes, fake):
+        sb = await sandboxes.create(CreateSandbox(language="python"))
+        sandboxes.workspace(sb.id).write("requirements.txt", b"six\n", 100)
+        first = await sandboxes.exec(sb.id, ExecBody(command="echo ran"), None)
+        events = [e async for e in sandboxes.follow(sb.id, first.execution.id)]
+        assert "fake install" in texts(events, "install")
+        assert texts(events, "stdout") == "ran\n"
+        assert first.install is not None and first.install.status == "installed"
+        installs = [n for c, (n, *_) in fake.calls if c == "run_container"]
+        assert installs == [be.container_name(sandboxes.instance, sb.id, "install")]
+        again = await sandboxes.exec(sb.id, ExecBody(command="echo ran"), None)
+        await again.stopped.wait()
+        assert again.install is not None and again.install.status == "cached"
+        sandboxes.workspace(sb.id).write("requirements.txt", b"six\nattrs\n", 100)
+        third = await sandboxes.exec(sb.id, ExecBody(command="echo ran"), None)
+        await third.stopped.wait()
+        assert third.install is not None and third.install.status == "installed"
+        assert [c for c, _ in fake.calls].count("run_container") == 2

@@ -28,6 +28,7 @@ from typing import Any
 import httpx
 import pytest
 
+from gateway.backend import INSTANCE
 from gateway.registry import instance_id
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -148,7 +149,7 @@ def container_ids(label: str) -> list[str]:
 
 
 def cleanup_containers(gateway_dir: Path) -> None:
-    ids = container_ids(f"petri.instance={instance_id(gateway_dir / 'data')}")
+    ids = container_ids(f"{INSTANCE}={instance_id(gateway_dir / 'data')}")
     if ids:
         subprocess.run(["docker", "rm", "-f", *ids], capture_output=True, check=False)
 

@@ -21,12 +21,13 @@ PETRI_WORKSPACE_ROOT ?= $(CURDIR)/var/workspaces
 PYTEST_ARGS ?=
 GATEWAY_IMAGE ?= petri-gateway:latest
 
-.PHONY: help up test install docker browser node images lint pytest bench gateway-image
+.PHONY: help up test test-fast install docker browser node images lint pytest bench gateway-image
 
 help:
 	@echo "make up             install, start Docker if needed, build images, serve on $(HOST):$(PORT)"
 	@echo "make test           install, start Docker and get Chromium if needed, build images, ruff, mypy, pytest"
 	@echo "make lint           ruff check + mypy"
+	@echo "make test-fast      the tests that need no Docker (pytest -m 'not docker'), in seconds"
 	@echo "make images         build the runtime images (unchanged ones are skipped)"
 	@echo "make bench          run every bench/*.py"
 	@echo "make gateway-image  build the gateway's own image ($(GATEWAY_IMAGE))"
@@ -63,6 +64,12 @@ pytest:
 	$(PYTHON) -m pytest -q -ra tests $(PYTEST_ARGS)
 
 test: install docker browser node images lint pytest
+
+# No engine needed (tests/conftest.py marks every test that drives one `docker`, and points
+# the rest at a Docker host that does not exist): unit tests, the domain and the HTTP layer
+# over tests/fake_backend.py.
+test-fast:
+	DOCKER_HOST=unix:///nonexistent/docker.sock $(PYTHON) -m pytest -q -m "not docker" tests $(PYTEST_ARGS)
 
 bench:
 	shopt -s nullglob; scripts=(bench/[!_]*.py); \

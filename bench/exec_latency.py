@@ -26,7 +26,8 @@ import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from bench._report import row
-from gateway.runner import ContainerSpec
+from gateway.backend import ContainerSpec
+from gateway.runner import container_config
 from tests.conftest import cleanup_containers, make_gateway, remove_tree
 
 COMMAND = ["python3", "-c", "print('hi')"]
@@ -62,7 +63,7 @@ async def first_stdout_raw(docker: aiodocker.Docker, container_id: str) -> float
 async def raw_create(docker: aiodocker.Docker, image: str, name: str) -> float:
     spec = ContainerSpec(name=name, image=image, labels={"petri.bench": "1"})
     started = time.perf_counter()
-    container = await docker.containers.create(spec.config(), name=name)
+    container = await docker.containers.create(container_config(spec), name=name)
     await container.start()
     took = time.perf_counter() - started
     await container.delete(force=True)

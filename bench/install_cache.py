@@ -105,7 +105,7 @@ async def check_cost(rounds: int = 1000) -> None:
     settings = Settings.from_env({}, data_dir=tmp / "data", workspace_root=tmp / "ws")
     registry = Registry(settings.data_dir)
     workspaces = Workspaces(settings.workspace_root, settings.uid, settings.gid)
-    installer = ContainerInstaller(settings, registry, Runner(), workspaces)
+    installer = ContainerInstaller(settings, registry, Runner(), workspaces, "bench")
     runtime = load_runtimes(settings.runtimes_dir)["python"]
     assert runtime.install is not None
     for name in ("hit", "bare"):

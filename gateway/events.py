@@ -54,10 +54,6 @@ class Event:
         """The event as SSE bytes. The data is one JSON line, so no `\\r`/`\\n` can split it."""
         return f"id: {self.id}\nevent: {self.type}\ndata: {self.data_json()}\n\n".encode()
 
-    @classmethod
-    def from_sse(cls, id: str, type: str, data: str) -> Event:
-        return cls(int(id), type, json.loads(data))
-
 
 def keepalive() -> bytes:
     """A keep-alive: one comment line and no blank line after it. The SSE spec ignores comment
@@ -65,3 +61,77 @@ def keepalive() -> bytes:
     blank line is not safe: httpx-sse, florimondmanca/httpx-sse#35, turns that blank line into
     an empty `message` event repeating the last id.) Send it only between whole events."""
     return b": keep-alive\n"
+
+
+# --- the payloads of the events a run's task builds: typed, built here only ------------------
+# The SDK (petri_sdk/events.py) parses the same wire shapes into its own records; it imports
+# nothing from gateway/ (nor the gateway from it): tests/unit/test_event_payloads.py pins the
+# two definitions to each other.
+
+INTERRUPTED = "interrupted"  # the error code of a run the gateway stopped
+
+
+@dataclass(frozen=True, slots=True)
+class StartData:
+    execution_id: str
+    sandbox_id: str
+
+    def data(self) -> dict[str, Any]:
+        return {"execution_id": self.execution_id, "sandbox_id": self.sandbox_id}
+
+
+@dataclass(frozen=True, slots=True)
+class ErrorData:
+    """The `error` terminal event: the run did not end as a program exit."""
+
+    code: str
+    message: str
+
+    @classmethod
+    def interrupted(cls, message: str) -> ErrorData:
+        return cls(INTERRUPTED, message)
+
+    def data(self) -> dict[str, Any]:
+        return {"code": self.code, "message": self.message}
+
+
+@dataclass(frozen=True, slots=True)
+class ExitData:
+    """The `exit` terminal event: the program ended (by itself, a kill, a timeout, the OOM
+    killer). The optional fields are on the wire only when set."""
+
+    exit_code: int
+    timed_out: bool = False
+    truncated: bool = False
+    oom_killed: bool = False
+    idle: bool = False  # ended by the idle-output timeout
+    killed: bool = False  # by `POST .../kill` (status `killed`), not the kernel
+    duration_ms: int | None = None
+    signal: str | None = None
+    missing_modules: tuple[str, ...] = ()
+    tests: dict[str, Any] | None = None  # test mode: the report's counts
+
+    def data(self) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "exit_code": self.exit_code,
+            "timed_out": self.timed_out,
+            "truncated": self.truncated,
+            "oom_killed": self.oom_killed,
+            "idle": self.idle,
+            "killed": self.killed,
+            "duration_ms": self.duration_ms,
+        }
+        if self.missing_modules:
+            out["missing_modules"] = list(self.missing_modules)
+        if self.signal is not None:
+            out["signal"] = self.signal
+        if self.tests is not None:
+            out["tests"] = self.tests
+        return out
+
+
+Terminal = ExitData | ErrorData
+
+
+def terminal_type(payload: Terminal) -> str:
+    return EXIT if isinstance(payload, ExitData) else ERROR

@@ -26,7 +26,18 @@ from collections import deque
 from pathlib import Path
 from typing import Any
 
+from .backend import (
+    ROLE,
+    STDERR,
+    Backend,
+    ContainerSpec,
+    Mount,
+    container_labels,
+    container_name,
+    instance_labels,
+)
 from .config import Settings
+from .containers import SANDBOX_ROOT
 from .deps import (
     STATE_DIR,
     Choice,
@@ -41,7 +52,6 @@ from .egress import MAX_CONNECTIONS, SOURCE_CONNECTIONS, EgressProxy
 from .errors import EgressUnavailable, PetriError
 from .models import Sandbox, iso, now
 from .registry import Registry
-from .runner import STDERR, ContainerSpec, Runner
 from .runtimes import InstallSpec, Runtime
 from .workspace import Workspace, Workspaces
 
@@ -86,15 +96,15 @@ class ContainerInstaller(Installer):
         self,
         settings: Settings,
         registry: Registry,
-        runner: Runner,
+        backend: Backend,
         workspaces: Workspaces,
-        labels: dict[str, str] | None = None,
+        instance: str,
     ) -> None:
         self.settings = settings
         self.registry = registry
-        self.runner = runner
+        self.backend = backend
         self.workspaces = workspaces
-        self.labels = labels or {"petri.managed": "1"}
+        self.instance = instance
         # Every running install can always open its own share of connections.
         most = max(MAX_CONNECTIONS, SOURCE_CONNECTIONS * settings.max_concurrent_installs)
         self.proxy = EgressProxy(settings.egress_hosts, max_connections=most)
@@ -111,12 +121,10 @@ class ContainerInstaller(Installer):
         """Stop the proxy and remove install containers that are still there (the runs
         that owned them were interrupted)."""
         await self.proxy.close()
-        if "petri.instance" not in self.labels:
-            return
         with contextlib.suppress(PetriError):
-            found = await self.runner.list_containers({**self.labels, "petri.role": "install"})
-            for container_id, _ in found:
-                await self.runner.remove_container(container_id)
+            labels = {**instance_labels(self.instance), ROLE: "install"}
+            for found in await self.backend.list_containers(labels):
+                await self.backend.remove_container(found.id)
 
     def exec_env(self, sandbox: Sandbox, runtime: Runtime) -> dict[str, str]:
         return dict(runtime.install.env) if runtime.install else {}
@@ -131,11 +139,11 @@ class ContainerInstaller(Installer):
         }
 
     async def discard(self, sandbox: Sandbox) -> None:
-        await self.runner.remove_container(self._name(sandbox))
+        await self.backend.remove_container(self._name(sandbox))
         await self.proxy.unlisten(sandbox.id)
 
     def _name(self, sandbox: Sandbox) -> str:
-        return f"petri-{self.labels.get('petri.instance', 'gw')}-{sandbox.id}-install"
+        return container_name(self.instance, sandbox.id, "install")
 
     async def prepare(
         self, sandbox: Sandbox, runtime: Runtime, sink: InstallSink, deadline: float | None = None
@@ -274,12 +282,12 @@ class ContainerInstaller(Installer):
         )
         for name in ("HTTP_PROXY", "HTTPS_PROXY", "npm_config_proxy", "npm_config_https_proxy"):
             env[name] = env[name.lower()] = url
-        binds = [
-            f"{self.workspaces.get(sandbox.id).root}:/sandbox:rw",
-            f"{socket_path}:{SOCKET_PATH}:ro",
+        mounts = [
+            Mount(self.workspaces.get(sandbox.id).root, SANDBOX_ROOT),
+            Mount(socket_path, SOCKET_PATH, read_only=True),
         ]
         if s.ca_bundle:
-            binds.append(f"{s.ca_bundle}:{CA_PATH}:ro")
+            mounts.append(Mount(Path(s.ca_bundle), CA_PATH, read_only=True))
             for name in ("PIP_CERT", "SSL_CERT_FILE", "REQUESTS_CA_BUNDLE", "NODE_EXTRA_CA_CERTS"):
                 env[name] = CA_PATH
             env.update(npm_config_cafile=CA_PATH, GIT_SSL_CAINFO=CA_PATH)
@@ -297,8 +305,8 @@ class ContainerInstaller(Installer):
             sandbox,
             name=self._name(sandbox),
             image=runtime.image,
-            labels={**self.labels, "petri.sandbox": sandbox.id, "petri.role": "install"},
-            binds=binds,
+            labels=container_labels(self.instance, sandbox.id, "install"),
+            mounts=mounts,
             env=env,
             network="none",
             # Bounded from inside too: with its gateway gone (even SIGKILLed), the container
@@ -310,10 +318,10 @@ class ContainerInstaller(Installer):
         """Run the install container until `end` (event-loop time), streaming its output; its
         exit code, None on timeout. Cancelled, it removes the container before it returns."""
         loop = asyncio.get_running_loop()
-        await self.runner.remove_container(spec.name)  # a leftover of a crashed gateway
+        await self.backend.remove_container(spec.name)  # a leftover of a crashed gateway
         if end <= loop.time():
             return None
-        proc = self.runner.run_container(spec, max(1.0, end - loop.time()) + 30)
+        proc = self.backend.run_container(spec, max(1.0, end - loop.time()) + 30)
 
         async def drain() -> None:
             async for kind, chunk in proc.output():
@@ -323,7 +331,7 @@ class ContainerInstaller(Installer):
         try:
             done, _ = await asyncio.wait({reader}, timeout=end - loop.time())
             if not done:
-                await self.runner.remove_container(spec.name)  # ends the stream
+                await self.backend.remove_container(spec.name)  # ends the stream
                 await asyncio.wait({reader}, timeout=10)
                 return None
             reader.result()  # e.g. the image is missing: a gateway error, not a failed install
@@ -333,7 +341,7 @@ class ContainerInstaller(Installer):
                 reader.cancel()
             with contextlib.suppress(asyncio.CancelledError, PetriError):
                 await reader
-            await self.runner.remove_container(spec.name)
+            await self.backend.remove_container(spec.name)
 
 
 def _socket_dir(path: Path, *, sweep: bool = False) -> Path:

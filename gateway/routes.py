@@ -29,6 +29,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from . import auth, files, mcp, openapi
 from .audit import RequestRecorder
+from .backend import Backend
 from .config import Settings
 from .errors import (
     BadRequest,
@@ -491,7 +492,7 @@ async def healthz(request: Request) -> Response:
 
 
 async def readyz(request: Request) -> Response:
-    if await _gateway(request).runner.ping():
+    if await _gateway(request).backend.ping():
         return JSONResponse({"status": "ready", "docker": "ok"})
     return _error(503, "docker_unavailable", "Docker is not reachable")
 
@@ -686,13 +687,14 @@ ROUTES = [
 ]
 
 
-def create_app(settings: Settings | None = None) -> Starlette:
+def create_app(settings: Settings | None = None, backend: Backend | None = None) -> Starlette:
+    """The gateway's ASGI app; over Docker unless another `backend` is given (tests)."""
     settings = settings or Settings.from_env()
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         async with (
-            open_gateway(settings) as sandboxes,
+            open_gateway(settings, backend) as sandboxes,
             open_services(sandboxes) as services,
             mcp_sessions(),
         ):

@@ -1,7 +1,8 @@
 """The one importer of aiodocker: hardened containers, execs, and their demultiplexed output.
 
-Everything Docker-specific (API shapes, error types, the exec wrapper that makes a process
-group killable) stays here; the domain sees `ContainerSpec`, `Process` and `PetriError`s.
+The Docker implementation of `backend.Backend`. Everything Docker-specific (API shapes,
+error types, bind strings, the exec wrapper that makes a process group killable, its files
+in /tmp) stays here; the domain sees `ContainerSpec`, `Process` and `PetriError`s.
 """
 
 from __future__ import annotations
@@ -10,23 +11,14 @@ import asyncio
 import contextlib
 import re
 from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
 from typing import Any, cast
 
 import aiodocker
 import aiohttp
 
-from .config import Settings
+from .backend import STDERR, STDOUT, ContainerSpec, Found, Mount
 from .errors import DockerUnavailable, NotFound, RunnerError
-from .models import Sandbox
 
-STDOUT, STDERR = 1, 2
-LABEL = "petri.managed"
-# PID 1 of a sandbox: a shell that reaps orphans (`wait` reaps any child). The kernel drops a
-# signal sent from inside to a PID namespace's init unless init handles it; dash handles only
-# SIGINT (ignored here) and SIGCHLD (harmless), so `kill 1`, `kill -KILL 1` or `kill -INT 1`
-# from the sandbox cannot end it. Docker kills it from outside.
-KEEPER = ["/bin/sh", "-c", "trap '' INT; while :; do sleep 86400 & wait; done"]
 KEEPER_PROCESSES = 2  # the keeper shell and its sleep
 # Every exec runs as the leader of its own process group (Docker execs are session leaders);
 # the wrapper records that group so a kill or timeout can take the whole group down.
@@ -75,88 +67,54 @@ STDIN_CHUNK = 64 * 1024
 _OOM = re.compile(rb"^oom_kill (\d+)$", re.M)
 
 
-@dataclass(frozen=True, slots=True)
-class ContainerSpec:
-    name: str
-    image: str
-    labels: Mapping[str, str]
-    binds: Sequence[str] = ()
-    env: Mapping[str, str] = field(default_factory=dict)
-    user: str = "1000:1000"
-    memory_mb: int = 512
-    cpus: float = 1.0
-    pids: int = 256
-    nofile: int = 1024
-    fsize_mb: int = 512
-    tmpfs_mb: int = 256
-    network: str = "none"
-    runtime: str = ""
-    command: Sequence[str] = tuple(KEEPER)
-    workdir: str = "/sandbox"
-    dns: Sequence[str] = ()
-
-    @classmethod
-    def for_sandbox(cls, settings: Settings, sandbox: Sandbox, **fields: Any) -> ContainerSpec:
-        """A container with the sandbox's hardening and limits (its own or an install's)."""
-        return cls(
-            user=settings.sandbox_user,
-            memory_mb=sandbox.limits.memory_mb,
-            cpus=sandbox.limits.cpus,
-            pids=sandbox.limits.pids,
-            nofile=settings.nofile,
-            fsize_mb=settings.fsize_mb,
-            tmpfs_mb=settings.tmpfs_mb,
-            runtime=settings.docker_runtime,
-            **fields,
-        )
-
-    def config(self) -> dict[str, Any]:
-        memory = self.memory_mb * 1024 * 1024
-        fsize = self.fsize_mb * 1024 * 1024
-        # tmpfs pages are charged to the memory cgroup and cannot be reclaimed without swap:
-        # a full /tmp (or /dev/shm) must leave room to run, or the sandbox would OOM forever.
-        tmpfs_mb = max(1, min(self.tmpfs_mb, self.memory_mb // 2))
-        shm_mb = max(1, min(64, self.memory_mb // 8))
-        host: dict[str, Any] = {
-            "Binds": list(self.binds),
-            "NetworkMode": self.network,
-            "ReadonlyRootfs": True,
-            "Tmpfs": {"/tmp": f"rw,nosuid,nodev,exec,size={tmpfs_mb}m,mode=1777"},
-            "ShmSize": shm_mb * 1024 * 1024,
-            # Under host memory pressure the kernel picks sandbox processes before the
-            # gateway, dockerd or anything else on the host.
-            "OomScoreAdj": 500,
-            "CapDrop": ["ALL"],
-            "SecurityOpt": ["no-new-privileges"],
-            "Memory": memory,
-            "MemorySwap": memory,
-            "NanoCpus": int(self.cpus * 1e9),
-            "PidsLimit": self.pids,
-            "Ulimits": [
-                {"Name": "nofile", "Soft": self.nofile, "Hard": self.nofile},
-                {"Name": "fsize", "Soft": fsize, "Hard": fsize},
-                {"Name": "core", "Soft": 0, "Hard": 0},
-            ],
-            "LogConfig": {"Type": "none"},
-            "Init": False,
-        }
-        if self.runtime:
-            host["Runtime"] = self.runtime
-        if self.dns:
-            host["Dns"] = list(self.dns)
-        return {
-            "Image": self.image,
-            "Cmd": list(self.command),
-            "User": self.user,
-            "WorkingDir": self.workdir,
-            "Env": [f"{k}={v}" for k, v in self.env.items()],
-            "Labels": dict(self.labels),
-            "Hostname": "sandbox",
-            "AttachStdout": True,
-            "AttachStderr": True,
-            "NetworkDisabled": self.network == "none",
-            "HostConfig": host,
-        }
+def container_config(spec: ContainerSpec) -> dict[str, Any]:
+    """The Docker API's create body of a spec: the hardening every container gets."""
+    memory = spec.memory_mb * 1024 * 1024
+    fsize = spec.fsize_mb * 1024 * 1024
+    # tmpfs pages are charged to the memory cgroup and cannot be reclaimed without swap:
+    # a full /tmp (or /dev/shm) must leave room to run, or the sandbox would OOM forever.
+    tmpfs_mb = max(1, min(spec.tmpfs_mb, spec.memory_mb // 2))
+    shm_mb = max(1, min(64, spec.memory_mb // 8))
+    host: dict[str, Any] = {
+        "Binds": [_bind(m) for m in spec.mounts],
+        "NetworkMode": spec.network,
+        "ReadonlyRootfs": True,
+        "Tmpfs": {"/tmp": f"rw,nosuid,nodev,exec,size={tmpfs_mb}m,mode=1777"},
+        "ShmSize": shm_mb * 1024 * 1024,
+        # Under host memory pressure the kernel picks sandbox processes before the
+        # gateway, dockerd or anything else on the host.
+        "OomScoreAdj": 500,
+        "CapDrop": ["ALL"],
+        "SecurityOpt": ["no-new-privileges"],
+        "Memory": memory,
+        "MemorySwap": memory,
+        "NanoCpus": int(spec.cpus * 1e9),
+        "PidsLimit": spec.pids,
+        "Ulimits": [
+            {"Name": "nofile", "Soft": spec.nofile, "Hard": spec.nofile},
+            {"Name": "fsize", "Soft": fsize, "Hard": fsize},
+            {"Name": "core", "Soft": 0, "Hard": 0},
+        ],
+        "LogConfig": {"Type": "none"},
+        "Init": False,
+    }
+    if spec.runtime:
+        host["Runtime"] = spec.runtime
+    if spec.dns:
+        host["Dns"] = list(spec.dns)
+    return {
+        "Image": spec.image,
+        "Cmd": list(spec.command),
+        "User": spec.user,
+        "WorkingDir": spec.workdir,
+        "Env": [f"{k}={v}" for k, v in spec.env.items()],
+        "Labels": dict(spec.labels),
+        "Hostname": "sandbox",
+        "AttachStdout": True,
+        "AttachStderr": True,
+        "NetworkDisabled": spec.network == "none",
+        "HostConfig": host,
+    }
 
 
 @contextlib.contextmanager
@@ -174,7 +132,34 @@ def _docker_errors(what: str) -> Iterator[None]:
         raise DockerUnavailable(f"{what}: Docker is unreachable ({exc})") from None
 
 
-class Process:
+def _bind(mount: Mount) -> str:
+    return f"{mount.source}:{mount.target}:{'ro' if mount.read_only else 'rw'}"
+
+
+# --- aiodocker internals ---------------------------------------------------------------------
+# The only place that reaches into aiodocker's private attributes. Checked against aiodocker
+# 0.27.0 (pyproject.toml bounds it below 0.28): `Stream._resp` (the aiohttp response of an
+# attached exec, whose transport half-closes stdin) and `Stream._queue` (the frames already
+# read off the socket and not yet consumed: a flood is merged from it without waiting).
+# tests/integration/test_exec.py (stdin EOF, flood merging) fails if either changes.
+
+
+def _half_close(stream: Any) -> None:
+    """Send EOF on an exec's stdin while its output keeps flowing."""
+    transport = stream._resp.connection.transport
+    if transport is not None and transport.can_write_eof():
+        transport.write_eof()
+
+
+def _buffered(stream: Any) -> int:
+    """How many demultiplexed frames are already buffered behind the current one."""
+    return len(stream._queue or ())
+
+
+# ---------------------------------------------------------------------------------------------
+
+
+class _ExecProcess:
     """A running exec or attached container: demultiplexed output, then an exit code."""
 
     def __init__(self, stream: Any, exit_code: Any, stdin: bytes | None) -> None:
@@ -209,10 +194,7 @@ class Process:
         try:
             for at in range(0, len(view), STDIN_CHUNK):
                 await self._stream.write_in(bytes(view[at : at + STDIN_CHUNK]))
-            # Half-close: the program sees EOF on stdin while its output keeps flowing.
-            transport = self._stream._resp.connection.transport
-            if transport is not None and transport.can_write_eof():
-                transport.write_eof()
+            _half_close(self._stream)  # the program sees EOF while its output keeps flowing
         except (OSError, RuntimeError, aiohttp.ClientError):
             pass  # the program ended (or closed stdin) before it read everything
 
@@ -222,14 +204,36 @@ class Process:
         return -1 if code is None else int(code)
 
 
+class _ContainerProcess:
+    """A short-lived container, attached before its start."""
+
+    def __init__(self, stream_fn: Any, exit_code: Any) -> None:
+        self._stream_fn = stream_fn
+        self._exit_code = exit_code
+
+    async def output(self) -> AsyncIterator[tuple[int, bytes]]:
+        async for item in self._stream_fn():
+            yield item
+
+    async def exit_code(self) -> int:
+        with _docker_errors("reading exit code"):
+            return int(await self._exit_code())
+
+
 class Runner:
-    """`max_starts` bounds the containers being created and started at once (a burst would
-    overload Docker); a slot is held for the create and start only, never while one runs."""
+    """The Docker `Backend`. `max_starts` bounds the containers being created and started at
+    once (a burst would overload Docker); a slot is held for the create and start only.
+
+    The kill protocol is the exec wrapper's (`_WRAP`): each exec leaves `/tmp/.petri-<id>.pid`
+    (its process group) for kills and `.kill` markers; the files of an exec whose clean-up
+    found nothing to kill are removed by the container's next exec (`_stale`)."""
 
     def __init__(self, url: str = "", max_starts: int = 4) -> None:
         self._url = url or None
         self._docker: aiodocker.Docker | None = None
         self._starts = asyncio.Semaphore(max_starts)
+        self._stale: dict[str, list[str]] = {}  # container id -> ended execs' /tmp files
+        self._names: dict[str, str] = {}  # container name -> id, of the ones started here
 
     @property
     def docker(self) -> aiodocker.Docker:
@@ -261,15 +265,17 @@ class Runner:
         """Create and start a long-lived container; return its id."""
         with _docker_errors(f"starting container {spec.name}"):
             async with self._starts:
-                container = await self.docker.containers.create(spec.config(), name=spec.name)
+                config = container_config(spec)
+                container = await self.docker.containers.create(config, name=spec.name)
                 try:
                     await container.start()
                 except aiodocker.DockerError:
                     await container.delete(force=True)
                     raise
+            self._names[spec.name] = str(container.id)
             return str(container.id)
 
-    def run_container(self, spec: ContainerSpec, timeout: float) -> Process:
+    def run_container(self, spec: ContainerSpec, timeout: float) -> _ContainerProcess:
         """A short-lived container as a `Process`: attached before start, removed at the end."""
         state: dict[str, Any] = {}
 
@@ -278,7 +284,7 @@ class Runner:
                 async with contextlib.AsyncExitStack() as stack:
                     async with self._starts:
                         container = await self.docker.containers.create(
-                            spec.config(), name=spec.name
+                            container_config(spec), name=spec.name
                         )
                         state["container"] = container
                         # Attached before start: nothing to replay (and with the `none` log
@@ -311,15 +317,15 @@ class Runner:
         return bool(info["State"]["Running"])
 
     async def remove_container(self, name_or_id: str) -> None:
+        self._stale.pop(self._names.pop(name_or_id, name_or_id), None)
         with contextlib.suppress(NotFound), _docker_errors(f"removing container {name_or_id}"):
             await self.docker.containers.container(name_or_id).delete(force=True, v=True)
 
-    async def list_containers(self, labels: Mapping[str, str]) -> list[tuple[str, dict[str, str]]]:
-        """(id, labels) of every container, running or not, carrying all `labels`."""
+    async def list_containers(self, labels: Mapping[str, str]) -> list[Found]:
         wanted = [f"{k}={v}" for k, v in labels.items()]
         with _docker_errors("listing containers"):
             found = await self.docker.containers.list(all=True, filters={"label": wanted})
-        return [(str(c.id), dict(c["Labels"] or {})) for c in found]
+        return [Found(str(c.id), dict(c["Labels"] or {})) for c in found]
 
     async def exec(
         self,
@@ -331,8 +337,8 @@ class Runner:
         user: str,
         workdir: str = "/sandbox",
         stdin: bytes | None = None,
-        forget: Sequence[str] = (),
-    ) -> Process:
+    ) -> _ExecProcess:
+        forget = self._stale.pop(container_id, [])
         with _docker_errors("starting exec"):
             container = self.docker.containers.container(container_id)
             handle = await container.exec(
@@ -348,7 +354,7 @@ class Runner:
             info = await handle.inspect()
             return info.get("ExitCode")
 
-        return Process(stream, exit_code, stdin)
+        return _ExecProcess(stream, exit_code, stdin)
 
     async def kill_group(self, container_id: str, exec_id: str, user: str) -> None:
         """SIGKILL the process group of one exec (from another exec: Docker has no API)."""
@@ -370,9 +376,17 @@ class Runner:
     ) -> None:
         """After an exec ended: SIGKILL what is left of its process group (background jobs,
         a fork bomb) and, with `everything`, every process of the sandbox user but PID 1 and
-        the process groups of the execs in `spare` (running services)."""
+        the process groups of the execs in `spare` (running services). When nothing but the
+        keeper runs (read from the host, ~15 ms, no pid spent) no helper exec is started:
+        the exec's files in /tmp are removed by the container's next exec."""
+        if everything and await self.process_count(container_id) <= KEEPER_PROCESSES:
+            self.release(container_id, exec_id)
+            return
         argv = ["/bin/sh", "-c", _SETTLE, exec_id, "all" if everything else "group", *spare]
         await self._quick(container_id, argv, user)
+
+    def release(self, container_id: str, exec_id: str) -> None:
+        self._stale.setdefault(container_id, []).append(exec_id)
 
     async def process_count(self, container_id: str) -> int:
         """How many processes the container runs, seen from the host (no exec, no pid used)."""
@@ -420,11 +434,12 @@ def _files_of(exec_ids: Sequence[str]) -> str:
 async def _merged(stream: Any) -> AsyncIterator[tuple[int, bytes]]:
     pending = await stream.read_out()
     while pending is not None:
-        kind, parts, size = pending.stream, [pending.data], len(pending.data)
+        kind = STDERR if pending.stream == STDERR else STDOUT
+        parts, size = [pending.data], len(pending.data)
         nxt: Any = _NEED_READ
-        while size < MERGE_BYTES and len(stream._queue or ()) > 0:
+        while size < MERGE_BYTES and _buffered(stream) > 0:
             msg = await stream.read_out()
-            if msg is None or msg.stream != kind:
+            if msg is None or msg.stream != pending.stream:
                 nxt = msg
                 break
             parts.append(msg.data)
@@ -434,13 +449,3 @@ async def _merged(stream: Any) -> AsyncIterator[tuple[int, bytes]]:
 
 
 _NEED_READ = object()
-
-
-class _ContainerProcess(Process):
-    def __init__(self, stream_fn: Any, exit_code: Any) -> None:
-        super().__init__(None, exit_code, None)
-        self._stream_fn = stream_fn
-
-    async def output(self) -> AsyncIterator[tuple[int, bytes]]:
-        async for item in self._stream_fn():
-            yield item

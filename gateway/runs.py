@@ -6,31 +6,57 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import signal
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Literal
 
 from . import events as ev
 from . import tree
+from .backend import STDOUT, Backend, Process
 from .config import Settings
+from .containers import Containers
 from .deps import Installer, InstallResult, missing_modules
 from .errors import NotFound, PetriError
+from .events import ErrorData, ExitData, Terminal
 from .executions import ExecutionLog
-from .models import ExecBody, Execution, Sandbox, now
+from .models import ExecBody, Execution, ExecutionStatus, Sandbox, now
 from .registry import Registry
-from .runner import KEEPER_PROCESSES, STDOUT, Process, Runner
 from .runtimes import Runtime
 from .testmode import TestSession
 from .workspace import Workspaces
 
 log = logging.getLogger("petri.runs")
 CODE_DIR = ".petri/code"
+
+
+def code_folder(execution_id: str) -> str:
+    return f"{CODE_DIR}/{execution_id}"
+
+
+STOPPED_BY_GATEWAY = "the execution was stopped by the gateway"
+STOPPED_BEFORE_IT_RAN = "the execution was stopped before it ran"
 SCRATCH_SECONDS = 60.0  # removing one run's scratch folder
 KILL_GRACE_SECONDS = 2.0
 INSTALL_STOP_SECONDS = 15.0  # how long a kill waits for a cancelled install to clean up
 STDERR_TAIL_BYTES = 8192
+
+
+@dataclass(frozen=True, slots=True)
+class Ending:
+    """Why a run is being stopped, set once (`Run.stop_as`): the first reason wins.
+
+    `killed`: `POST .../kill` or a service's stop (an `exit` event, status `killed`);
+    `interrupted`: the gateway ended it (its sandbox deleted, a shutdown; an `interrupted`
+    error); `failed`: the gateway gave up on it (a service never ready; `error` is sent)."""
+
+    kind: Literal["killed", "interrupted", "failed"]
+    error: ErrorData | None = None
+
+
+KILLED, INTERRUPTED = Ending("killed"), Ending("interrupted")
 
 
 @dataclass(slots=True)
@@ -41,8 +67,7 @@ class Run:
     log: ExecutionLog
     task: asyncio.Task[None] | None = None
     reader: asyncio.Task[None] | None = None
-    killed: bool = False
-    interrupted: bool = False
+    ending: Ending | None = None  # set once, by `Runs.kill` / `interrupt` / `fail`
     install: InstallResult | None = None
     installing: asyncio.Task[InstallResult] | None = None  # while the install phase runs
     stopped: asyncio.Event = field(default_factory=asyncio.Event)
@@ -54,9 +79,27 @@ class Run:
     env: dict[str, str] = field(default_factory=dict)  # the exec's own env, secrets resolved
     # serve mode: while it runs, the clean-up after other execs spares its process group
     service: bool = False
-    # set (by serve mode) to end the run with this `error` event instead of `exit`
-    failure: dict[str, Any] | None = None
     tests: TestSession | None = None  # test mode (gateway/testmode.py)
+    code_file: str | None = None  # the scratch folder of `{"code": ...}`, removed at the end
+
+    def stop_as(self, ending: Ending) -> bool:
+        """Record why the run is stopped; False if a reason was already recorded."""
+        if self.ending is not None:
+            return False
+        self.ending = ending
+        return True
+
+    @property
+    def killed(self) -> bool:
+        return self.ending is not None and self.ending.kind == "killed"
+
+    @property
+    def interrupted(self) -> bool:
+        return self.ending is not None and self.ending.kind == "interrupted"
+
+    @property
+    def stopping(self) -> bool:
+        return self.ending is not None
 
 
 class Runs:
@@ -66,21 +109,20 @@ class Runs:
         self,
         settings: Settings,
         registry: Registry,
-        runner: Runner,
+        backend: Backend,
         workspaces: Workspaces,
         installer: Installer,
-        ensure_container: Callable[[Sandbox], Awaitable[str]],
+        containers: Containers,
     ) -> None:
         self.settings = settings
         self.registry = registry
-        self.runner = runner
+        self.backend = backend
         self.workspaces = workspaces
         self.installer = installer
-        self._ensure_container = ensure_container
+        self.containers = containers
         self.live: dict[str, Run] = {}
-        self._oom_seen: dict[str, int] = {}
+        self._oom_seen: dict[str, tuple[str, int]] = {}  # sandbox -> (container, OOM kills)
         self._settling: dict[str, asyncio.Task[None]] = {}
-        self._stale: dict[str, list[str]] = {}  # ended execs whose /tmp files remain
         # Called with each run as it ends, inside the transaction storing its final record
         # (the audit ledger appends there); they must not raise.
         self.on_end: list[Callable[[Run], None]] = []
@@ -89,10 +131,12 @@ class Runs:
         self, run: Run, sandbox: Sandbox, runtime: Runtime, body: ExecBody, seconds: float
     ) -> None:
         self.live[run.execution.id] = run
+        if body.code is not None:
+            run.code_file = code_folder(run.execution.id)
         if body.test:
             run.tests = TestSession(
                 settings=self.settings,
-                runner=self.runner,
+                backend=self.backend,
                 runtime=runtime,
                 body=body,
                 execution=run.execution,
@@ -102,7 +146,6 @@ class Runs:
                 stop_exec=lambda cid, eid, reader_of: self.stop_exec(
                     cid, eid, reader_of, sandbox.id
                 ),
-                leftover=lambda exec_id: self._stale.setdefault(sandbox.id, []).append(exec_id),
             )
         run.task = asyncio.create_task(self._own(run, sandbox, runtime, body, seconds))
 
@@ -115,6 +158,80 @@ class Runs:
             await self._drive(run, sandbox, runtime, body, seconds)
         except Exception:
             log.exception("execution %s: its ending failed", run.execution.id)
+
+    # --- finding and stopping runs ----------------------------------------------------------
+
+    def find(self, execution_id: str, sandbox_id: str | None = None) -> Run | None:
+        """The live run of that execution (in that sandbox, if given)."""
+        run = self.live.get(execution_id)
+        if run is None or (sandbox_id is not None and run.execution.sandbox_id != sandbox_id):
+            return None
+        return run
+
+    def find_idempotent(self, sandbox_id: str, key: str) -> Run | None:
+        """The live run an `Idempotency-Key` started in the sandbox."""
+        for run in self.live.values():
+            if (run.execution.sandbox_id, run.execution.idempotency_key) == (sandbox_id, key):
+                return run
+        return None
+
+    async def kill(self, run: Run) -> None:
+        """`POST .../kill`, a service's stop: the run ends with `exit`, status `killed`."""
+        run.stop_as(KILLED)
+        await self.stop(run)
+
+    async def interrupt(self, run: Run) -> None:
+        """The gateway ends the run (its sandbox goes, a shutdown): an `interrupted` error."""
+        run.stop_as(INTERRUPTED)
+        await self.stop(run)
+
+    async def fail(self, run: Run, error: ErrorData) -> None:
+        """The gateway gives up on the run (a service never ready): it ends with `error`."""
+        run.stop_as(Ending("failed", error))
+        await self.stop(run)
+
+    async def interrupt_sandbox(self, sandbox_id: str) -> None:
+        for run in self.in_sandbox(sandbox_id):
+            await self.interrupt(run)
+
+    async def shutdown(self, grace: float) -> None:
+        """Let running execs finish within `grace` seconds, then interrupt them and wait
+        (bounded) for their endings and clean-ups."""
+        runs = list(self.live.values())
+        # Services never finish by themselves: they are interrupted at once, below.
+        finishing = [r for r in runs if not r.service]
+        if finishing:
+            done = asyncio.gather(*(r.stopped.wait() for r in finishing))
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(done, grace)
+        for run in list(self.live.values()):
+            await self.interrupt(run)
+        for run in runs:
+            if run.task is not None:
+                with contextlib.suppress(TimeoutError, asyncio.CancelledError):
+                    await asyncio.wait_for(asyncio.shield(run.task), 5)
+        await self.settle_all(5)
+
+    # --- the code file of `{"code": ...}` ---------------------------------------------------
+
+    def write_code(self, sandbox_id: str, execution_id: str, runtime: Runtime, code: str) -> str:
+        """Write an exec's `code` into its scratch folder; the path, relative to the workspace.
+        The folder goes when the run ended (`_after`), or with `discard_code` when the exec
+        was refused before it started."""
+        path = f"{code_folder(execution_id)}/{runtime.source_file}"
+        workspace = self.workspaces.get(sandbox_id)
+        try:
+            workspace.write(path, code.encode(), len(code) * 4 + 1)
+        except BaseException:  # e.g. the quota is full: leave no empty folder behind
+            self.discard_code(sandbox_id, execution_id)
+            raise
+        return path
+
+    def discard_code(self, sandbox_id: str, execution_id: str) -> None:
+        with contextlib.suppress(PetriError):
+            self.workspaces.get(sandbox_id).delete(code_folder(execution_id))
+
+    # --- what runs where --------------------------------------------------------------------
 
     def in_sandbox(self, sandbox_id: str) -> list[Run]:
         return [r for r in self.live.values() if r.execution.sandbox_id == sandbox_id]
@@ -131,13 +248,8 @@ class Runs:
         """Sandboxes with a running execution (which counts as activity)."""
         return {r.execution.sandbox_id for r in self.live.values()}
 
-    def new_container(self, sandbox_id: str) -> None:
-        self._oom_seen[sandbox_id] = 0
-        self._stale.pop(sandbox_id, None)  # a new /tmp
-
     def forget(self, sandbox_id: str) -> None:
         self._oom_seen.pop(sandbox_id, None)
-        self._stale.pop(sandbox_id, None)
 
     async def settle_all(self, seconds: float) -> None:
         """Wait (bounded) for the clean-ups still running after ended execs."""
@@ -152,23 +264,25 @@ class Runs:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + seconds
         try:
-            container_id = await self._ensure_container(sandbox)
+            container_id = await self.containers.ensure(sandbox)
             run.install = await self._install(run, sandbox, runtime, deadline)
+            if run.ending is not None and run.ending.error is not None:
+                self._end(run, "failed", run.ending.error)
+                return
             if run.interrupted or (run.install is None and not run.killed):
                 raise asyncio.CancelledError
             if run.killed:  # killed before it started: as if SIGKILLed at once
-                self._end(run, "killed", ev.EXIT, _killed_at_once(), exit_code=137)
+                self._end(run, "killed", ExitData(137, killed=True, signal="SIGKILL"))
                 return
             if run.install is not None and run.install.status == "failed":
                 execution.timed_out = run.install.timed_out
                 self._end(
                     run,
                     "timed_out" if run.install.timed_out else "failed",
-                    ev.ERROR,
-                    {
-                        "code": "install_failed",
-                        "message": "dependency install failed:\n" + run.install.log[-4000:],
-                    },
+                    ErrorData(
+                        "install_failed",
+                        "dependency install failed:\n" + run.install.log[-4000:],
+                    ),
                 )
                 return
             env = {
@@ -181,14 +295,11 @@ class Runs:
             await self._settled(sandbox.id)
             run.container_id = container_id
             if run.tests is not None:  # test mode: the runner's argv, the app answering (§9)
-                env = await run.tests.begin(
-                    container_id, env, lambda: run.killed or run.interrupted, deadline
-                )
-            proc = await self.runner.exec(
+                env = await run.tests.begin(container_id, env, lambda: run.stopping, deadline)
+            proc = await self.backend.exec(
                 container_id,
                 execution.id,
                 execution.argv,
-                forget=self._stale.pop(sandbox.id, []),
                 env=env,
                 user=self.settings.sandbox_user,
                 stdin=stdin,
@@ -199,64 +310,56 @@ class Runs:
             exit_code = await proc.exit_code()
             oom = await self._oom_killed(sandbox.id, container_id, exit_code, run, timed_out)
             out.close_output()
-            status = (
-                "interrupted"
-                if run.interrupted
-                else "killed"
-                if run.killed
-                else "timed_out"
-                if timed_out
-                else "exited"
-            )
             execution.timed_out, execution.oom_killed = timed_out, oom
             execution.truncated = out.budget.truncated
-            if run.failure is not None and not run.interrupted:
-                self._end(run, "failed", ev.ERROR, run.failure)
+            ending = run.ending
+            if ending is not None and ending.kind == "interrupted":
+                self._end(run, "interrupted", ErrorData.interrupted(STOPPED_BY_GATEWAY))
                 return
-            if run.interrupted:
-                self._end(
-                    run,
-                    status,
-                    ev.ERROR,
-                    {"code": "interrupted", "message": "the execution was stopped by the gateway"},
-                )
+            if ending is not None and ending.error is not None:
+                self._end(run, "failed", ending.error)
                 return
-            data: dict[str, Any] = {
-                "exit_code": exit_code,
-                "timed_out": timed_out,
-                "truncated": out.budget.truncated,
-                "oom_killed": oom,
-                "idle": run.idle,
-                "killed": run.killed,  # by `POST .../kill` (status `killed`), not the kernel
-            }
+            status: ExecutionStatus = (
+                "killed" if run.killed else "timed_out" if timed_out else "exited"
+            )
+            missing: list[str] = []
             if exit_code != 0:
-                tail = run.stderr_tail.decode("utf-8", "replace")
-                if missing := missing_modules(runtime, tail):
-                    data["missing_modules"] = missing
+                missing = missing_modules(runtime, run.stderr_tail.decode("utf-8", "replace"))
+            name = None
             if exit_code > 128 or run.killed or timed_out:
                 with contextlib.suppress(ValueError):
-                    data["signal"] = signal.Signals(exit_code - 128).name
-            if run.tests is not None and (tests := await run.tests.finish(status, exit_code)):
-                data["tests"] = tests  # after the `report` event, the app stopped
-            self._end(run, status, ev.EXIT, data, exit_code=exit_code)
-        except asyncio.CancelledError:
+                    name = signal.Signals(exit_code - 128).name
+            tests = None
+            if run.tests is not None:
+                tests = await run.tests.finish(status, exit_code)  # the `report` event first
             self._end(
                 run,
-                "interrupted",
-                ev.ERROR,
-                {"code": "interrupted", "message": "the execution was stopped before it ran"},
+                status,
+                ExitData(
+                    exit_code,
+                    timed_out=timed_out,
+                    truncated=out.budget.truncated,
+                    oom_killed=oom,
+                    idle=run.idle,
+                    killed=run.killed,
+                    signal=name,
+                    missing_modules=tuple(missing),
+                    tests=tests or None,
+                ),
             )
+        except asyncio.CancelledError:
+            self._end(run, "interrupted", ErrorData.interrupted(STOPPED_BEFORE_IT_RAN))
         except PetriError as exc:
-            self._end(run, "failed", ev.ERROR, {"code": exc.code, "message": exc.message})
+            self._end(run, "failed", ErrorData(exc.code, exc.message))
         except Exception as exc:  # the stream must still end with one terminal event
             log.exception("execution %s failed", execution.id)
-            self._end(run, "failed", ev.ERROR, {"code": "internal_error", "message": str(exc)})
+            self._end(run, "failed", ErrorData("internal_error", str(exc)))
         finally:
             try:
                 if run.tests is not None:  # the app never outlives its run
                     await run.tests.close()
             finally:
-                scratch = f"{CODE_DIR}/{execution.id}" if body.code is not None else None
+                scratch = run.code_file
                 if run.tests is not None:  # the runner's report folder
                     scratch = run.tests.report_dir
                 self._finish(run, sandbox.id, scratch)
@@ -268,7 +371,7 @@ class Runs:
         eid = run.execution.id
         if run.log.terminal is None:  # `_end` itself failed (e.g. the registry)
             try:
-                run.log.emit(ev.ERROR, {"code": "internal_error", "message": "the run failed"})
+                run.log.emit(ev.ERROR, ErrorData("internal_error", "the run failed").data())
             except Exception:
                 log.exception("execution %s: no terminal event", eid)
         self.live.pop(eid, None)
@@ -287,7 +390,7 @@ class Runs:
     ) -> InstallResult | None:
         """The install phase, in a task of its own that a kill or an interrupt cancels (which
         removes its container); None when it was cancelled."""
-        if run.killed or run.interrupted:  # stopped while its container was being made
+        if run.stopping:  # stopped while its container was being made
             return None
         task = asyncio.create_task(self.installer.prepare(sandbox, runtime, run.log, deadline))
         run.installing = task
@@ -330,7 +433,7 @@ class Runs:
                 if done:
                     reader.result()  # a failed read ends the run as an error
                     return False
-            if run.killed or run.interrupted:
+            if run.stopping:
                 return False
             run.idle = loop.time() < deadline
             await self.stop(run)
@@ -360,6 +463,7 @@ class Runs:
         if container_id:
             await self.stop_exec(container_id, run.execution.id, lambda: run.reader, sandbox_id)
 
+
     async def stop_exec(
         self,
         container_id: str,
@@ -373,9 +477,9 @@ class Runs:
         user = self.settings.sandbox_user
         spare = [e for e in self.services_in(sandbox_id) if e != eid]
         steps: tuple[Callable[[], Awaitable[None]], ...] = (
-            lambda: self.runner.kill_group(container_id, eid, user),
-            lambda: self.runner.kill_all(container_id, user, spare),
-            lambda: self.runner.kill_container(container_id),
+            lambda: self.backend.kill_group(container_id, eid, user),
+            lambda: self.backend.kill_all(container_id, user, spare),
+            lambda: self.backend.kill_container(container_id),
         )
         for step in steps:
             with contextlib.suppress(PetriError):
@@ -399,8 +503,8 @@ class Runs:
         in the sandbox, every process of the sandbox user), so a fork bomb or a stray daemon
         cannot hold the sandbox's pids, memory or CPU; then remove its `scratch` folder (in
         a thread, bounded in time: it may hold a huge or deep tree). Runs after the terminal
-        event; the sandbox's next exec waits for it, only ~15 ms when nothing was left
-        behind (the container's process count, read from the host, is just the keeper's)."""
+        event; the sandbox's next exec waits for it (the backend makes that cheap when
+        nothing was left behind)."""
         previous = self._settling.get(sandbox_id)
 
         async def settle() -> None:
@@ -432,12 +536,7 @@ class Runs:
         spare = self.services_in(sandbox_id)  # running services outlive other execs
         cid, eid, user = run.container_id, run.execution.id, self.settings.sandbox_user
         try:
-            if not busy and await self.runner.process_count(cid) <= KEEPER_PROCESSES:
-                # Nothing is left but the keeper: only the exec's files in /tmp remain,
-                # and the sandbox's next exec removes them on its way (no extra exec).
-                self._stale.setdefault(sandbox_id, []).append(eid)
-                return
-            await self.runner.settle(cid, eid, user, everything=not busy, spare=spare)
+            await self.backend.settle(cid, eid, user, everything=not busy, spare=spare)
         except PetriError as exc:
             log.info("clean-up after %s: %s", eid, exc.message)
 
@@ -455,41 +554,29 @@ class Runs:
     async def _oom_killed(
         self, sandbox_id: str, container_id: str, code: int, run: Run, timed_out: bool
     ) -> bool:
-        if code != 137 or run.killed or timed_out or run.interrupted:
+        if code != 137 or run.stopping or timed_out:
             return False
         try:
-            count = await self.runner.oom_kills(container_id, self.settings.sandbox_user)
+            count = await self.backend.oom_kills(container_id, self.settings.sandbox_user)
         except PetriError:  # the container died with the program (e.g. the host killed it)
             return False
-        seen = self._oom_seen.get(sandbox_id, 0)
-        self._oom_seen[sandbox_id] = count
-        return count > seen
+        seen_in, seen = self._oom_seen.get(sandbox_id, ("", 0))
+        self._oom_seen[sandbox_id] = (container_id, count)
+        return count > (seen if seen_in == container_id else 0)  # a new container starts at 0
 
-    def _end(
-        self, run: Run, status: str, type_: str, data: dict[str, Any], exit_code: int | None = None
-    ) -> None:
+    def _end(self, run: Run, status: ExecutionStatus, payload: Terminal) -> None:
+        """Store the final record and emit the one terminal event (built from `payload`)."""
         execution = run.execution
-        execution.status = status  # type: ignore[assignment]
-        execution.exit_code = exit_code
+        execution.status = status
         execution.ended_at = now()
-        execution.error_code = data.get("code") if type_ == ev.ERROR else None
-        if type_ == ev.EXIT:
-            data["duration_ms"] = execution.duration_ms
+        if isinstance(payload, ExitData):
+            execution.exit_code, execution.error_code = payload.exit_code, None
+            payload = dataclasses.replace(payload, duration_ms=execution.duration_ms)
+        else:
+            execution.exit_code, execution.error_code = None, payload.code
         with self.registry.transaction():
             self.registry.put_execution(execution)
             for hook in self.on_end:
                 hook(run)
         if run.log.terminal is None:
-            run.log.emit(type_, data)
-
-
-def _killed_at_once() -> dict[str, Any]:
-    return {
-        "exit_code": 137,
-        "timed_out": False,
-        "truncated": False,
-        "oom_killed": False,
-        "idle": False,
-        "killed": True,
-        "signal": "SIGKILL",
-    }
+            run.log.emit(ev.terminal_type(payload), payload.data())

@@ -14,15 +14,16 @@ from typing import Any
 
 from . import audit, auth, testmode
 from . import events as ev
+from .backend import Backend
 from .config import Settings
+from .containers import Containers
 from .deps import Installer
 from .errors import Conflict, DockerUnavailable, Gone, Invalid, NotFound, OverLimit, PetriError
-from .events import Event
+from .events import ErrorData, Event, StartData
 from .executions import ExecutionLog, replay
 from .models import CreateSandbox, ExecBody, Execution, Limits, Sandbox, now, split_env
 from .registry import Registry, instance_id
-from .runner import ContainerSpec, Runner
-from .runs import CODE_DIR, Run, Runs
+from .runs import Run, Runs
 from .runtimes import Runtime
 from .teams import Teams
 from .vault import Masker, SecretNotFound
@@ -38,7 +39,7 @@ class Sandboxes:
         self,
         settings: Settings,
         registry: Registry,
-        runner: Runner,
+        backend: Backend,
         workspaces: Workspaces,
         runtimes: dict[str, Runtime],
         installer: Installer | None = None,
@@ -46,16 +47,15 @@ class Sandboxes:
     ) -> None:
         self.settings = settings
         self.registry = registry
-        self.runner = runner
+        self.backend = backend
         self.workspaces = workspaces
         self.runtimes = runtimes
         self.installer = installer or Installer()
         self.instance = instance_id(settings.data_dir)
-        self.labels = {"petri.managed": "1", "petri.instance": self.instance}
-        self._locks: dict[str, asyncio.Lock] = {}
-        self.runs = Runs(
-            settings, registry, runner, workspaces, self.installer, self._ensure_container
+        self.containers = Containers(
+            settings, registry, backend, workspaces, runtimes, self.instance
         )
+        self.runs = Runs(settings, registry, backend, workspaces, self.installer, self.containers)
         self._closing = False
         self.teams = teams or Teams.open(settings, registry)
         self.runs.on_end += [self._record_end, self._measure_end]
@@ -78,10 +78,7 @@ class Sandboxes:
                         Event(
                             last + 1,
                             ev.ERROR,
-                            {
-                                "code": "interrupted",
-                                "message": "the gateway restarted while this ran",
-                            },
+                            ErrorData.interrupted("the gateway restarted while this ran").data(),
                         )
                     ],
                 )
@@ -97,15 +94,10 @@ class Sandboxes:
                 for exec_id in testmode.exec_ids(execution):  # a test run's app too
                     with contextlib.suppress(PetriError):
                         user = self.settings.sandbox_user
-                        await self.runner.kill_group(owner.container_id, exec_id, user)
+                        await self.backend.kill_group(owner.container_id, exec_id, user)
 
     async def sweep_orphans(self) -> list[str]:
-        known = {s.id for s in self.registry.list_sandboxes()}
-        removed = []
-        for container_id, labels in await self.runner.list_containers(self.labels):
-            if labels.get("petri.sandbox") not in known or labels.get("petri.role") == "install":
-                await self.runner.remove_container(container_id)
-                removed.append(container_id)
+        removed = await self.containers.sweep({s.id for s in self.registry.list_sandboxes()})
         if removed:
             log.info("removed %d orphan container(s)", len(removed))
         return removed
@@ -113,21 +105,7 @@ class Sandboxes:
     async def shutdown(self) -> None:
         """Let running execs finish within the grace period, then interrupt them."""
         self._closing = True
-        runs = list(self.runs.live.values())
-        # Services never finish by themselves: they are interrupted at once, below.
-        finishing = [r for r in runs if not r.service]
-        if finishing:
-            done = asyncio.gather(*(r.stopped.wait() for r in finishing))
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(done, self.settings.shutdown_grace_seconds)
-        for run in list(self.runs.live.values()):
-            run.interrupted = True
-            await self.runs.stop(run)
-        for run in runs:
-            if run.task is not None:
-                with contextlib.suppress(TimeoutError, asyncio.CancelledError):
-                    await asyncio.wait_for(asyncio.shield(run.task), 5)
-        await self.runs.settle_all(5)
+        await self.runs.shutdown(self.settings.shutdown_grace_seconds)
 
     # --- sandboxes ---------------------------------------------------------------------------
 
@@ -183,7 +161,7 @@ class Sandboxes:
                 raise
             self._creating.discard(sandbox.id)  # counted by the registry from here on
         try:
-            await self._start_container(sandbox)
+            await self.containers.start(sandbox)
         except BaseException:
             with self.registry.transaction():
                 self.registry.delete_sandbox(sandbox.id)
@@ -218,16 +196,14 @@ class Sandboxes:
         """Remove a sandbox; with `if_expired`, only if it is still idle past its TTL when
         its turn comes (a request or an exec may have renewed it meanwhile)."""
         sandbox = self.get(sandbox_id, touch=False)
-        async with self._lock(sandbox.id):
+        async with self.containers.locked(sandbox.id):
             if if_expired:
                 fresh = self.registry.get_sandbox(sandbox.id)
                 busy = bool(self.runs.in_sandbox(sandbox.id))
                 if fresh is None or busy or fresh.expires_at > now():
                     return False
-            for run in self.runs.in_sandbox(sandbox.id):
-                run.interrupted = True
-                await self.runs.stop(run)
-            await self.runner.remove_container(self._container_name(sandbox.id))
+            await self.runs.interrupt_sandbox(sandbox.id)
+            await self.containers.remove(sandbox.id)
             await self.installer.discard(sandbox)  # a running install ends with the sandbox
             await self.workspaces.remove(sandbox.id)
             with self.registry.transaction():
@@ -238,7 +214,7 @@ class Sandboxes:
                     {"reason": "ttl" if if_expired else "request"},
                     tenant=sandbox.tenant,
                 )
-        self._locks.pop(sandbox.id, None)
+        self.containers.forget(sandbox.id)
         self.runs.forget(sandbox.id)
         return True
 
@@ -256,42 +232,6 @@ class Sandboxes:
                         reaped.append(sandbox.id)
         return reaped
 
-    def _container_name(self, sandbox_id: str) -> str:
-        return f"petri-{self.instance}-{sandbox_id}"
-
-    def _lock(self, sandbox_id: str) -> asyncio.Lock:
-        return self._locks.setdefault(sandbox_id, asyncio.Lock())
-
-    async def _start_container(self, sandbox: Sandbox) -> str:
-        runtime = self.runtimes[sandbox.language]
-        s = self.settings
-        spec = ContainerSpec.for_sandbox(
-            s,
-            sandbox,
-            name=self._container_name(sandbox.id),
-            image=runtime.image,
-            labels={**self.labels, "petri.sandbox": sandbox.id, "petri.role": "sandbox"},
-            binds=[f"{self.workspaces.get(sandbox.id).root}:/sandbox:rw"],
-            env={**runtime.env, **sandbox.env},
-        )
-        await self.runner.remove_container(spec.name)
-        container_id = await self.runner.start_container(spec)  # within the runner's slots
-        sandbox.container_id = container_id
-        self.registry.put_sandbox(sandbox)
-        self.runs.new_container(sandbox.id)
-        return container_id
-
-    async def _ensure_container(self, sandbox: Sandbox) -> str:
-        """The sandbox's running container; a dead one is replaced, workspace intact."""
-        async with self._lock(sandbox.id):
-            fresh = self.registry.get_sandbox(sandbox.id)
-            if fresh is None:
-                raise NotFound(f"sandbox {sandbox.id} was deleted", code="sandbox_gone")
-            if fresh.container_id and await self.runner.is_running(fresh.container_id):
-                return fresh.container_id
-            log.info("sandbox %s has no running container; starting a new one", sandbox.id)
-            return await self._start_container(fresh)
-
     # --- executions --------------------------------------------------------------------------
 
     async def exec(self, sandbox_id: str, body: ExecBody, idempotency_key: str | None) -> Run:
@@ -300,12 +240,8 @@ class Sandboxes:
             raise DockerUnavailable("the gateway is shutting down", code="shutting_down")
         sandbox = self.get(sandbox_id)
         if idempotency_key is not None:
-            for run in self.runs.live.values():
-                if (run.execution.sandbox_id, run.execution.idempotency_key) == (
-                    sandbox.id,
-                    idempotency_key,
-                ):
-                    return run
+            if (live := self.runs.find_idempotent(sandbox.id, idempotency_key)) is not None:
+                return live
             done = self.registry.find_idempotent(sandbox.id, idempotency_key)
             if done is not None:
                 return Run(done, self._finished_log(done))
@@ -330,38 +266,45 @@ class Sandboxes:
         values = [*sandbox_secrets.values(), *exec_secrets.values()]
         masker = Masker(values) if values else None
         argv = self._argv(sandbox, runtime, body, execution_id)  # the last check; writes `code`
-        execution = Execution(
-            execution_id, sandbox.id, argv, test=body.test, idempotency_key=idempotency_key
-        )
-        detail = self._exec_detail(sandbox, body, timeout, plain, refs)
-        metadata = dict(body.metadata or {})
-        with self.registry.transaction():
-            self.registry.put_execution(execution)
-            self.teams.ledger.append(
-                "exec.start",
-                execution_id,
-                masker.value(detail) if masker else detail,
-                metadata=masker.value(metadata) if masker else metadata,
-                tenant=sandbox.tenant,
+        try:
+            execution = Execution(
+                execution_id, sandbox.id, argv, test=body.test, idempotency_key=idempotency_key
             )
-        run_log = ExecutionLog(
-            execution_id,
-            self.registry,
-            budget=self.settings.output_budget_bytes,
-            tail_bytes=self.settings.output_tail_bytes,
-            persist=self.settings.persist_events,
-        )
-        run_log.masker = masker  # before anything is emitted: nothing unmasked is stored or sent
-        run = Run(
-            execution,
-            run_log,
-            idle_timeout=body.idle_timeout_seconds,
-            env={**plain, **exec_secrets},
-        )
-        run_log.emit(ev.START, {"execution_id": execution_id, "sandbox_id": sandbox.id})
-        # The install and the program see the sandbox's secrets; its registry row never does.
-        with_secrets = dataclasses.replace(sandbox, env={**sandbox.env, **sandbox_secrets})
-        self.runs.start(run, with_secrets, runtime, body, timeout)
+            detail = self._exec_detail(sandbox, body, timeout, plain, refs)
+            metadata = dict(body.metadata or {})
+            with self.registry.transaction():
+                self.registry.put_execution(execution)
+                self.teams.ledger.append(
+                    "exec.start",
+                    execution_id,
+                    masker.value(detail) if masker else detail,
+                    metadata=masker.value(metadata) if masker else metadata,
+                    tenant=sandbox.tenant,
+                )
+            run_log = ExecutionLog(
+                execution_id,
+                self.registry,
+                budget=self.settings.output_budget_bytes,
+                tail_bytes=self.settings.output_tail_bytes,
+                persist=self.settings.persist_events,
+            )
+            # before anything is emitted: nothing unmasked is stored or sent
+            run_log.masker = masker
+            run = Run(
+                execution,
+                run_log,
+                idle_timeout=body.idle_timeout_seconds,
+                env={**plain, **exec_secrets},
+            )
+            run_log.emit(ev.START, StartData(execution_id, sandbox.id).data())
+            # The install and the program see the sandbox's secrets; its registry row never
+            # does.
+            with_secrets = dataclasses.replace(sandbox, env={**sandbox.env, **sandbox_secrets})
+            self.runs.start(run, with_secrets, runtime, body, timeout)
+        except BaseException:  # it never started: no code file stays behind
+            if body.code is not None:
+                self.runs.discard_code(sandbox.id, execution_id)
+            raise
         return run
 
     def _exec_detail(
@@ -453,14 +396,7 @@ class Sandboxes:
             # bash -c SCRIPT NAME ARGS...: NAME is $0, ARGS are $1, $2, ...
             return ["/bin/bash", "-c", body.command, *(["bash"] if body.args else [])]
         if body.code is not None:
-            path = f"{CODE_DIR}/{eid}/{runtime.source_file}"
-            workspace = self.workspaces.get(sandbox.id)
-            try:
-                workspace.write(path, body.code.encode(), len(body.code) * 4 + 1)
-            except BaseException:  # e.g. the quota is full: leave no empty folder behind
-                with contextlib.suppress(PetriError):
-                    workspace.delete(f"{CODE_DIR}/{eid}")
-                raise
+            path = self.runs.write_code(sandbox.id, eid, runtime, body.code)
             return runtime.run_argv(path)
         if body.filename is not None:
             path = "/".join(clean_path(body.filename))
@@ -470,14 +406,13 @@ class Sandboxes:
 
     async def kill(self, sandbox_id: str, execution_id: str) -> Execution:
         sandbox = self.get(sandbox_id)
-        run = self.runs.live.get(execution_id)
-        if run is None or run.execution.sandbox_id != sandbox.id:
+        run = self.runs.find(execution_id, sandbox.id)
+        if run is None:
             execution = self.execution(sandbox_id, execution_id)
             raise Conflict(
                 f"execution {execution.id} is not running ({execution.status})", code="not_running"
             )
-        run.killed = True
-        await self.runs.stop(run)
+        await self.runs.kill(run)
         # Answer with the ended run (a second kill is then 409), unless its ending lags.
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(run.stopped.wait(), KILL_ANSWER_SECONDS)
@@ -488,8 +423,8 @@ class Sandboxes:
         if scope is not None and scope != execution_id:
             raise NotFound(f"no execution {execution_id[:64]!r}", code="execution_not_found")
         sandbox = self.get(sandbox_id)
-        run = self.runs.live.get(execution_id)
-        if run is not None and run.execution.sandbox_id == sandbox.id:
+        run = self.runs.find(execution_id, sandbox.id)
+        if run is not None:
             return run.execution
         execution = self.registry.get_execution(sandbox.id, execution_id[:64])
         if execution is None:
@@ -506,7 +441,7 @@ class Sandboxes:
 
     def follow(self, sandbox_id: str, execution_id: str, after: int = 0) -> AsyncIterator[Event]:
         execution = self.execution(sandbox_id, execution_id)
-        run = self.runs.live.get(execution.id)
+        run = self.runs.find(execution.id)
         if run is not None:
             return run.log.follow(after)
         if self.teams.retention.evicted(execution.id):

@@ -8,11 +8,12 @@ import logging
 from collections.abc import AsyncIterator
 
 from . import auth
+from .backend import Backend
 from .config import Settings
 from .errors import PetriError
 from .installer import ContainerInstaller
 from .reaper import reap_forever
-from .registry import Registry
+from .registry import Registry, instance_id
 from .retention import retain_forever
 from .runner import Runner
 from .runtimes import load_runtimes
@@ -24,7 +25,11 @@ log = logging.getLogger("petri")
 
 
 @contextlib.asynccontextmanager
-async def open_gateway(settings: Settings) -> AsyncIterator[Sandboxes]:
+async def open_gateway(
+    settings: Settings, backend: Backend | None = None
+) -> AsyncIterator[Sandboxes]:
+    """The gateway's domain, over Docker (`runner.Runner`) unless another `backend` is given
+    (tests: an in-memory one, tests/fake_backend.py)."""
     registry = Registry(settings.data_dir)
     teams = Teams.open(settings, registry)
     try:
@@ -35,25 +40,29 @@ async def open_gateway(settings: Settings) -> AsyncIterator[Sandboxes]:
     # What the gateway does by itself (recovery, the reaper, retention) acts as `SYSTEM`;
     # requests run in tasks of their own, each with the principal its key gave (auth.Gate).
     with auth.acting_as(auth.SYSTEM):
-        async with _serve(settings, registry, teams) as sandboxes:
+        async with _serve(settings, registry, teams, backend) as sandboxes:
             yield sandboxes
 
 
 @contextlib.asynccontextmanager
-async def _serve(settings: Settings, registry: Registry, teams: Teams) -> AsyncIterator[Sandboxes]:
-    runner = Runner(settings.docker_url, settings.max_concurrent_starts)
+async def _serve(
+    settings: Settings, registry: Registry, teams: Teams, backend: Backend | None
+) -> AsyncIterator[Sandboxes]:
+    if backend is None:
+        backend = Runner(settings.docker_url, settings.max_concurrent_starts)
     workspaces = Workspaces(settings.workspace_root, settings.uid, settings.gid)
-    installer = make_installer(settings, registry, runner, workspaces)
+    installer = ContainerInstaller(
+        settings, registry, backend, workspaces, instance_id(settings.data_dir)
+    )
     sandboxes = Sandboxes(
         settings,
         registry,
-        runner,
+        backend,
         workspaces,
         load_runtimes(settings.runtimes_dir),
         installer,
         teams,
     )
-    installer.labels = dict(sandboxes.labels)  # install containers are swept like the rest
     try:
         await sandboxes.recover()
     except PetriError as exc:
@@ -72,11 +81,6 @@ async def _serve(settings: Settings, registry: Registry, teams: Teams) -> AsyncI
                 await task
         await sandboxes.shutdown()
         await installer.close()
-        await runner.close()
+        await backend.close()
         registry.close()
 
-
-def make_installer(
-    settings: Settings, registry: Registry, runner: Runner, workspaces: Workspaces
-) -> ContainerInstaller:
-    return ContainerInstaller(settings, registry, runner, workspaces)

@@ -32,6 +32,7 @@ from urllib.parse import urlsplit
 
 from . import events as ev
 from .errors import BadGateway, DockerUnavailable, Gone, Invalid, NotFound, OverLimit, PetriError
+from .events import ErrorData, StartData
 from .executions import ExecutionLog
 from .models import ExecBody, Execution, Service, ServiceBody, now
 from .runs import Run
@@ -153,7 +154,7 @@ class Services:
             persist=s.persist_events,
         )
         run = Run(execution, run_log, service=True)
-        run_log.emit(ev.START, {"execution_id": execution_id, "sandbox_id": sandbox.id})
+        run_log.emit(ev.START, StartData(execution_id, sandbox.id).data())
         workspace = self.sandboxes.workspaces.get(sandbox.id)
         upstream = Upstream(lambda: workspace.open_socket(socket))
         live = _Live(service, run, upstream, workspace, socket)
@@ -182,8 +183,7 @@ class Services:
         live = self._live.get(service.id)
         if live is not None:
             live.stopping = True
-            live.run.killed = True
-            await self.sandboxes.runs.stop(live.run)
+            await self.sandboxes.runs.kill(live.run)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(live.done.wait(), STOP_WAIT_SECONDS)
         elif service.live:  # not ours (a restart): nothing runs it any more
@@ -302,13 +302,13 @@ class Services:
     async def _not_ready(self, live: _Live, seconds: float) -> None:
         service, run = live.service, live.run
         tail = run.log.recent_output()
-        run.failure = {
-            "code": "service_not_ready",
-            "message": f"nothing answered HTTP on port {service.port} ({service.ready_path}) "
+        error = ErrorData(
+            "service_not_ready",
+            f"nothing answered HTTP on port {service.port} ({service.ready_path}) "
             f"within {seconds:g} s; the last output:\n{tail}",
-        }
+        )
         log.info("service %s was not ready in %g s; stopping it", service.id, seconds)
-        await self.sandboxes.runs.stop(run)
+        await self.sandboxes.runs.fail(run, error)
 
 
 @contextlib.asynccontextmanager

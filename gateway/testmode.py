@@ -16,6 +16,7 @@ from typing import Any
 
 from . import events as ev
 from . import reports
+from .backend import STDOUT, Backend, Process
 from .config import Settings
 from .deps import TEST_DETECTORS
 from .deps import maven_surefire as maven_surefire  # re-exported for its tests
@@ -24,7 +25,6 @@ from .errors import AppFailed, Invalid, PetriError, ReportError
 from .executions import ExecutionLog
 from .models import AppBody, ExecBody, Execution
 from .reports import Cases, GoTestStream
-from .runner import STDOUT, Process, Runner
 from .runtimes import Runtime, TestRunner
 from .workspace import Workspace, clean_path
 
@@ -126,7 +126,7 @@ class TestSession:
         self,
         *,
         settings: Settings,
-        runner: Runner,
+        backend: Backend,
         runtime: Runtime,
         body: ExecBody,
         execution: Execution,
@@ -134,10 +134,9 @@ class TestSession:
         workspace: Workspace,
         seconds: float,
         stop_exec: Callable[[str, str, Callable[[], asyncio.Task[None] | None]], Awaitable[None]],
-        leftover: Callable[[str], None],
     ) -> None:
         self.settings = settings
-        self.runner = runner
+        self.backend = backend
         self.runtime = runtime
         self.body = body
         self.app: AppBody | None = body.app
@@ -148,7 +147,6 @@ class TestSession:
         ready = self.app.ready_timeout_seconds if self.app is not None else None
         self.ready_timeout = float(ready or min(DEFAULT_READY_SECONDS, seconds))
         self._stop_exec = stop_exec
-        self._leftover = leftover
         _, self.app_id, self.probe_id = exec_ids(execution)
         self.report_dir = f"{REPORTS_DIR}/{execution.id}"
         self._free_marker = f"/tmp/.petri-{self.app_id}.free"  # the app found its port free
@@ -241,7 +239,7 @@ class TestSession:
         assert self.app is not None
         loop = asyncio.get_running_loop()
         started = loop.time()
-        self._app_proc = await self.runner.exec(
+        self._app_proc = await self.backend.exec(
             self.container_id,
             self.app_id,
             ["/bin/bash", "-c", _APP, self._free_marker, str(self.app.port), self.app.command],
@@ -271,7 +269,7 @@ class TestSession:
         app, reader = self.app, self._app_reader
         limit = min(self.ready_timeout, self.remaining())
         argv = [str(app.port), app.ready_path or "", str(int(limit) + 2), self._free_marker]
-        probe = await self.runner.exec(
+        probe = await self.backend.exec(
             self.container_id,
             self.probe_id,
             ["/bin/bash", "-c", _PROBE, "petri-probe", *argv],
@@ -304,13 +302,13 @@ class TestSession:
         finally:
             if not answered.done():
                 with contextlib.suppress(PetriError):
-                    await self.runner.kill_group(
+                    await self.backend.kill_group(
                         self.container_id, self.probe_id, self.settings.sandbox_user
                     )
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(asyncio.shield(answered), 5)
                 answered.cancel()
-            self._leftover(self.probe_id)
+            self.backend.release(self.container_id, self.probe_id)
 
     async def _exited_message(self) -> str:
         assert self._app_proc is not None and self.app is not None
@@ -340,7 +338,7 @@ class TestSession:
             await reader
         if self.out.terminal is None:
             self.out.close_app_output()
-        self._leftover(self.app_id)
+        self.backend.release(self.container_id, self.app_id)
 
     # --- the report --------------------------------------------------------------------------
 
@@ -385,13 +383,15 @@ async def _succeeds(proc: Process) -> bool:
         return False
 
 
-class _Rendered(Process):
+class _Rendered:
     """A runner whose stdout is `go test -json`: shown as the text it carries."""
 
     def __init__(self, inner: Process, stream: GoTestStream) -> None:
-        super().__init__(None, inner.exit_code, None)
         self._inner = inner
         self._stream = stream
+
+    async def exit_code(self) -> int:
+        return await self._inner.exit_code()
 
     async def output(self) -> AsyncIterator[tuple[int, bytes]]:
         async for kind, data in self._inner.output():

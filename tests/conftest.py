@@ -1,6 +1,12 @@
 """Shared fixtures: a real gateway (uvicorn subprocess) on a free port, real Docker, real images.
 
 No test skips for lack of Docker: a missing engine is a failure (CI provisions one).
+
+The `docker` marker is set here, never by hand: on every test under tests/integration and
+tests/hostile (they drive a real gateway) and on every test that uses `docker_ready` (so
+`gateway`, `client`, `sandbox`, ...). `pytest -m "not docker"` (make test-fast) is what is
+left: the unit tests and the domain and HTTP layer over tests/fake_backend.py. Those run with
+Docker unreachable (DOCKER_HOST points nowhere) and fail if anything opens the engine.
 """
 
 from __future__ import annotations
@@ -22,10 +28,39 @@ from typing import Any
 import httpx
 import pytest
 
+from gateway.backend import INSTANCE
 from gateway.registry import instance_id
 
 ROOT = Path(__file__).resolve().parent.parent
 RUNTIMES = ROOT / "runtimes"
+
+
+DOCKER_DIRS = ("integration", "hostile")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    for item in items:
+        under = Path(str(item.fspath)).resolve().relative_to(ROOT / "tests").parts[0]
+        if under in DOCKER_DIRS or "docker_ready" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.docker)
+
+
+@pytest.fixture(autouse=True)
+def _no_docker_unless_marked(
+    request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A test without the `docker` marker cannot reach the engine: the CLI and aiodocker
+    find no daemon, and the Docker backend refuses to open a client."""
+    if request.node.get_closest_marker("docker") is not None:
+        return
+    monkeypatch.setenv("DOCKER_HOST", "unix:///nonexistent/docker.sock")
+
+    def refuse(self: object) -> None:
+        raise AssertionError("a test without the `docker` marker opened the Docker engine")
+
+    from gateway import runner
+
+    monkeypatch.setattr(runner.Runner, "docker", property(refuse))
 
 
 def free_port() -> int:
@@ -115,7 +150,7 @@ def container_ids(label: str) -> list[str]:
 
 
 def cleanup_containers(gateway_dir: Path) -> None:
-    ids = container_ids(f"petri.instance={instance_id(gateway_dir / 'data')}")
+    ids = container_ids(f"{INSTANCE}={instance_id(gateway_dir / 'data')}")
     if ids:
         subprocess.run(["docker", "rm", "-f", *ids], capture_output=True, check=False)
 

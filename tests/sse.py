@@ -10,6 +10,8 @@ from typing import Any
 
 import httpx
 
+from gateway.events import TERMINAL
+
 
 @dataclass
 class Received:
@@ -72,7 +74,7 @@ def stream_events(
 def check_sequence(events: list[Received], first: int = 1) -> None:
     ids = [e.id for e in events]
     assert ids == list(range(first, first + len(ids))), f"ids not consecutive: {ids}"
-    terminals = [e for e in events if e.type in ("exit", "error")]
+    terminals = [e for e in events if e.type in TERMINAL]
     assert len(terminals) == 1 and events[-1] is terminals[0], "exactly one terminal event, last"
 
 

@@ -20,10 +20,11 @@ from typing import Any
 import httpx
 import pytest
 
+from gateway.backend import ContainerSpec, Mount
 from gateway.config import Settings
 from gateway.images import HASH_LABEL, build_images
 from gateway.models import Limits, Sandbox
-from gateway.runner import ContainerSpec
+from gateway.runner import container_config
 from gateway.runtimes import Runtime, load_runtimes
 
 pytestmark = pytest.mark.docker
@@ -52,10 +53,10 @@ def sandbox_container(runtime: Runtime, workspace: Path) -> dict[str, Any]:
         name="petri-test",
         image=runtime.image,
         labels={},
-        binds=[f"{workspace}:/sandbox:rw"],
+        mounts=[Mount(workspace, "/sandbox")],
         env=dict(runtime.env),
     )
-    return spec.config()
+    return container_config(spec)
 
 
 def run_flags(config: dict[str, Any]) -> list[str]:

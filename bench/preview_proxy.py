@@ -27,7 +27,7 @@ import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from bench._report import pct, row
-from tests.conftest import cleanup_containers, free_port, make_gateway, remove_tree
+from tests.conftest import cleanup_containers, make_gateway, remove_tree
 from tests.serve import start_ready
 
 MB = 1024 * 1024
@@ -76,69 +76,61 @@ def rate_row(name: str, values: list[float], base: list[float] | None) -> str:
 
 def main(requests: int, mb: int, runs: int) -> None:
     tmp = Path(tempfile.mkdtemp(prefix="petri-bench-"))
-    gw = make_gateway(tmp, log_level="warning", preview_port=str(free_port()))
+    gw = make_gateway(tmp, log_level="warning")
     gw.start()
     try:
         with gw.client() as c:
             sid = c.post("/v1/sandboxes", json={"language": "python"}).json()["id"]
             service = start_ready(c, sid)
         sock = gw.workspace_root / sid / ".petri/services" / f"{service['id']}.sock"
-        preview = service["preview_url"]  # on the preview listener (PETRI_PREVIEW_PORT)
-        main_port = gw.url + "/preview/" + preview.split("/preview/", 1)[1]
-        paths = {"the preview port": preview, "the main port": main_port}
-        clients = {name: httpx.Client(timeout=120, trust_env=False) for name in paths}
+        preview = service["preview_url"]
+        proxied = httpx.Client(timeout=120, trust_env=False)
         direct = httpx.Client(
             timeout=120, trust_env=False, transport=httpx.HTTPTransport(uds=str(sock))
         )
         size = mb * MB
         body = bytes(range(256)) * (size // 256)
-        for _ in range(20):  # warm up: connections, the app's threads
-            timed_get(direct, "http://service/x")
-            for name, base in paths.items():
-                timed_get(clients[name], base + "x")
-        lat = {name: [] for name in ("direct", *paths)}
-        work = {name: [] for name in ("direct", *paths)}
+        for client, base in ((proxied, preview), (direct, "http://service/")):
+            for _ in range(20):  # warm up: connections, the app's threads
+                timed_get(client, base + "x")
+        lat_p: list[float] = []
+        lat_d: list[float] = []
+        work_p: list[float] = []
+        work_d: list[float] = []
         for _ in range(requests):
-            lat["direct"].append(timed_get(direct, "http://service/x"))
-            for name, base in paths.items():
-                lat[name].append(timed_get(clients[name], base + "x"))
+            lat_d.append(timed_get(direct, "http://service/x"))
+            lat_p.append(timed_get(proxied, preview + "x"))
         for _ in range(max(20, requests // 5)):
-            work["direct"].append(timed_get(direct, "http://service/work?ms=20"))
-            for name, base in paths.items():
-                work[name].append(timed_get(clients[name], base + "work?ms=20"))
-        down = {name: [] for name in ("direct", *paths)}
-        up = {name: [] for name in ("direct", *paths)}
+            work_d.append(timed_get(direct, "http://service/work?ms=20"))
+            work_p.append(timed_get(proxied, preview + "work?ms=20"))
+        down_p: list[float] = []
+        down_d: list[float] = []
+        up_p: list[float] = []
+        up_d: list[float] = []
         for _ in range(runs):
-            down["direct"].append(download(direct, f"http://service/bytes?n={size}", size))
-            up["direct"].append(upload(direct, "http://service/sink", body))
-            for name, base in paths.items():
-                down[name].append(download(clients[name], f"{base}bytes?n={size}", size))
-                up[name].append(upload(clients[name], f"{base}sink", body))
+            down_d.append(download(direct, f"http://service/bytes?n={size}", size))
+            down_p.append(download(proxied, f"{preview}bytes?n={size}", size))
+            up_d.append(upload(direct, "http://service/sink", body))
+            up_p.append(upload(proxied, f"{preview}sink", body))
         print(f"preview proxy, {requests} requests, {runs} x {mb} MiB each way")
-        print(row("GET /x direct to the relay socket", lat["direct"], base_label="direct"))
-        for name in paths:
-            print(row(f"GET /x via {name}", lat[name], lat["direct"]))
-        print(row("GET /work?ms=20 direct", work["direct"], base_label="direct"))
-        for name in paths:
-            print(row(f"GET /work?ms=20 via {name}", work[name], work["direct"]))
-        print(rate_row(f"download {mb} MiB direct", down["direct"], None))
-        for name in paths:
-            print(rate_row(f"download {mb} MiB via {name}", down[name], down["direct"]))
-        print(rate_row(f"upload {mb} MiB direct", up["direct"], None))
-        for name in paths:
-            print(rate_row(f"upload {mb} MiB via {name}", up[name], up["direct"]))
-        for name in paths:
-            extra = (pct(lat[name], 0.5) - pct(lat["direct"], 0.5)) * 1000
-            print(
-                f"targets via {name}: latency <= 1.30x "
-                f"(/x {pct(lat[name], 0.5) / pct(lat['direct'], 0.5):.2f}x, +{extra:.1f} ms; "
-                f"/work {pct(work[name], 0.5) / pct(work['direct'], 0.5):.2f}x), "
-                f"throughput >= 0.70x (down "
-                f"{statistics.median(down[name]) / statistics.median(down['direct']):.2f}x, up "
-                f"{statistics.median(up[name]) / statistics.median(up['direct']):.2f}x)"
-            )
-        for c in clients.values():
-            c.close()
+        print(row("GET /x direct to the relay socket", lat_d, base_label="direct"))
+        print(row("GET /x through the preview URL", lat_p, lat_d))
+        print(row("GET /work?ms=20 direct", work_d, base_label="direct"))
+        print(row("GET /work?ms=20 through the preview URL", work_p, work_d))
+        extra = (pct(lat_p, 0.5) - pct(lat_d, 0.5)) * 1000
+        print(f"the proxy adds {extra:.1f} ms per request (p50 against p50)")
+        print(rate_row(f"download {mb} MiB direct", down_d, None))
+        print(rate_row(f"download {mb} MiB through the preview URL", down_p, down_d))
+        print(rate_row(f"upload {mb} MiB direct", up_d, None))
+        print(rate_row(f"upload {mb} MiB through the preview URL", up_p, up_d))
+        lat_ratio = pct(lat_p, 0.5) / pct(lat_d, 0.5)
+        down_ratio = statistics.median(down_p) / statistics.median(down_d)
+        up_ratio = statistics.median(up_p) / statistics.median(up_d)
+        print(
+            f"targets: latency <= 1.30x ({lat_ratio:.2f}x), "
+            f"throughput >= 0.70x (down {down_ratio:.2f}x, up {up_ratio:.2f}x)"
+        )
+        proxied.close()
         direct.close()
     finally:
         gw.stop()

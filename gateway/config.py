@@ -220,20 +220,6 @@ class Settings:
         default="",
         metadata=_meta("with a wildcard DNS name, `{token}.{domain}` serves previews too"),
     )
-    preview_port: int = field(
-        default=0,
-        metadata=_meta(
-            "a port of its own serving only previews, on a leaner HTTP server (0: none; "
-            "previews stay on the main port too)"
-        ),
-    )
-    preview_public_url: str = field(
-        default="",
-        metadata=_meta(
-            "base of preview URLs when `PETRI_PREVIEW_PORT` is set; empty: "
-            "`http://{host}:{preview_port}`"
-        ),
-    )
     preview_ttl_seconds: int = field(
         default=3600, metadata=_meta("default life of a service and its preview URL")
     )
@@ -318,10 +304,6 @@ class Settings:
             raise SettingsError(f"PETRI_CA_BUNDLE {self.ca_bundle!r} is not a file")
         if self.public_url and not _PUBLIC_URL.match(self.public_url):
             raise SettingsError("PETRI_PUBLIC_URL must be an http(s) URL without a query")
-        if self.preview_public_url and not _PUBLIC_URL.match(self.preview_public_url):
-            raise SettingsError("PETRI_PREVIEW_PUBLIC_URL must be an http(s) URL without a query")
-        if self.preview_port > 65535:
-            raise SettingsError("PETRI_PREVIEW_PORT must be a port number (1-65535, 0: none)")
         if self.preview_domain and not _DOMAIN.match(self.preview_domain):
             raise SettingsError("PETRI_PREVIEW_DOMAIN must be a DNS name like preview.example.com")
         if not (self.runtimes_dir / "python").is_dir():

@@ -90,11 +90,6 @@ class Connection:
         if self._h11.our_state is h11.DONE and self._h11.their_state is h11.DONE:
             self._h11.start_next_cycle()
 
-    def detach(self) -> tuple[bytes, asyncio.StreamReader, asyncio.StreamWriter]:
-        """After a 101 Switching Protocols: the bytes read past the response's head and the
-        raw streams, for the new protocol; HTTP is over on this connection."""
-        return bytes(self._h11.trailing_data[0]), self._reader, self._writer
-
     def close(self) -> None:
         with contextlib.suppress(OSError, RuntimeError):
             self._writer.close()

@@ -92,7 +92,7 @@ class _ClientGone(Exception):
 
 
 @dataclass(frozen=True, slots=True)
-class Route:
+class _Route:
     token: str
     target: bytes  # the request target the app sees: path (as sent) and query
     prefix: bytes  # what the proxy took off the path (`/preview/{token}`), or b""
@@ -108,64 +108,54 @@ class PreviewRouter:
         self.domain = domain.lower()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        route = self.route(scope) if scope["type"] in ("http", "websocket") else None
+        route = self._route(scope) if scope["type"] in ("http", "websocket") else None
         if route is None:
             await self.app(scope, receive, send)
             return
         if scope["type"] == "websocket" and (await receive())["type"] != "websocket.connect":
             return
-        found = await self.open(route, scope, send)
-        if found is None:
-            return
-        port, upstream = found
-        if scope["type"] == "http":
-            await _proxy_http(upstream, route, scope, receive, send)
-        else:
-            await _proxy_websocket(upstream, route, scope, receive, send, port)
-
-    async def open(self, route: Route, scope: Scope, send: Send) -> tuple[int, Upstream] | None:
-        """The service's port and upstream; or None once the caller has its answer (the
-        redirect to the trailing slash, 404 unknown or revoked, 410 expired, 502 exited)."""
         if route.redirect:
             location = route.prefix + b"/" + _query(scope)
             await _answer(scope, send, 307, {"location": location.decode("latin-1")}, b"")
-            return None
+            return
         try:
             service, upstream = self.services().resolve(route.token)
         except PetriError as exc:
-            await answer_error(scope, send, exc.status, exc.code, exc.message)
-            return None
-        return service.port, upstream
+            await _error(scope, send, exc.status, exc.code, exc.message)
+            return
+        if scope["type"] == "http":
+            await _proxy_http(upstream, route, scope, receive, send)
+        else:
+            await _proxy_websocket(upstream, route, scope, receive, send, service.port)
 
-    def route(self, scope: Scope) -> Route | None:
-        """Where a request goes: None if it is not preview traffic."""
+    def _route(self, scope: Scope) -> _Route | None:
         path: bytes = scope.get("raw_path") or scope["path"].encode()
         if self.domain:
             host = _header(scope, b"host").decode("latin-1").lower().rsplit(":", 1)[0]
             label, dot, domain = host.partition(".")
             # Only a token's shape: `api.{domain}` may well be the gateway's own name.
             if dot and domain == self.domain and TOKEN.match(label):
-                return Route(label, path + _query(scope), b"")
+                return _Route(label, path + _query(scope), b"")
         if not (path.startswith(PREFIX) or path == PREFIX[:-1]):
             return None
         token, slash, rest = path[len(PREFIX) :].partition(b"/")
         text = token.decode("ascii", "replace")
         if not slash and scope["type"] == "websocket":
-            return Route(text, b"/" + _query(scope), PREFIX + token)
+            return _Route(text, b"/" + _query(scope), PREFIX + token)
         if not slash:
-            return Route(text, b"", PREFIX + token, redirect=bool(token))
-        return Route(text, b"/" + rest + _query(scope), PREFIX + token)
+            return _Route(text, b"", PREFIX + token, redirect=bool(token))
+        return _Route(text, b"/" + rest + _query(scope), PREFIX + token)
 
 
 # --- HTTP -------------------------------------------------------------------------------------
 
 
 async def _proxy_http(
-    upstream: Upstream, route: Route, scope: Scope, receive: Receive, send: Send
+    upstream: Upstream, route: _Route, scope: Scope, receive: Receive, send: Send
 ) -> None:
     chunked = bool(_header(scope, b"transfer-encoding"))
     # A chunked body is sent on chunked: a Content-Length beside it would not be its length.
-    headers = forwarded(scope, route, DROPPED | {b"content-length"} if chunked else DROPPED)
+    headers = _forwarded(scope, route, DROPPED | {b"content-length"} if chunked else DROPPED)
     length = _header(scope, b"content-length")
     has_body = chunked or length not in (b"", b"0")
     body_done = not has_body
@@ -187,20 +177,20 @@ async def _proxy_http(
     except _ClientGone:
         return
     except UpstreamError as exc:
-        await answer_error(scope, send, 502, "service_unavailable", str(exc))
+        await _error(scope, send, 502, "service_unavailable", str(exc))
         return
     if response.status < 200:  # a 1xx as the final answer: not HTTP anyone can relay
         await response.aclose()
         message = f"the service answered {response.status} as its final response"
-        await answer_error(scope, send, 502, "service_unavailable", message)
+        await _error(scope, send, 502, "service_unavailable", message)
         return
     try:
-        await relay_response(response, receive, send, watch=body_done)
+        await _relay_response(response, receive, send, watch=body_done)
     finally:
         await response.aclose()
 
 
-async def relay_response(
+async def _relay_response(
     response: UpstreamResponse, receive: Receive, send: Send, *, watch: bool
 ) -> None:
     """Stream the response to the caller until it ends or the caller goes away (a service
@@ -218,7 +208,7 @@ async def relay_response(
     dropped = RESPONSE_DROPPED
     if any(k.lower() == b"transfer-encoding" for k, _ in response.headers):
         dropped = dropped | {b"content-length"}  # the decoded body's length is not it
-    headers = end_to_end(response.headers, dropped)
+    headers = _end_to_end(response.headers, dropped)
     await send({"type": "http.response.start", "status": response.status, "headers": headers})
     length = next((v for k, v in headers if k.lower() == b"content-length"), b"")
     if length.isdigit() and int(length) <= SMALL_BODY:  # soon done: no watcher needed
@@ -243,20 +233,20 @@ async def relay_response(
 
 
 async def _proxy_websocket(
-    upstream: Upstream, route: Route, scope: Scope, receive: Receive, send: Send, port: int
+    upstream: Upstream, route: _Route, scope: Scope, receive: Receive, send: Send, port: int
 ) -> None:
     offered = _header(scope, b"sec-websocket-protocol").decode("latin-1")
     protocols = [p.strip() for p in offered.split(",") if p.strip()]
     host = _header(scope, b"host").decode("latin-1") or f"localhost:{port}"
-    headers = forwarded(scope, route, DROPPED | WS_HANDSHAKE)
+    headers = _forwarded(scope, route, DROPPED | WS_HANDSHAKE)
     try:
         found = await upstream.websocket(route.target, host, headers, protocols)
     except UpstreamError as exc:
-        await answer_error(scope, send, 502, "service_unavailable", str(exc))
+        await _error(scope, send, 502, "service_unavailable", str(exc))
         return
     if isinstance(found, Refused):  # the app said no (e.g. 404, 403): pass its answer on
         status = found.status if found.status in _STATUSES else 502
-        kept = list(end_to_end(found.headers, RESPONSE_DROPPED | {b"content-length"}))
+        kept = list(_end_to_end(found.headers, RESPONSE_DROPPED | {b"content-length"}))
         await _answer(scope, send, status, kept, found.body)
         return
     try:
@@ -320,7 +310,7 @@ def _query(scope: Scope) -> bytes:
     return b"?" + query if query else b""
 
 
-def end_to_end(headers: Headers, dropped: frozenset[bytes]) -> list[tuple[bytes, bytes]]:
+def _end_to_end(headers: Headers, dropped: frozenset[bytes]) -> list[tuple[bytes, bytes]]:
     """Headers less the hop-by-hop ones, and less those the `Connection` header names."""
     named = {
         token.strip().lower()
@@ -331,8 +321,8 @@ def end_to_end(headers: Headers, dropped: frozenset[bytes]) -> list[tuple[bytes,
     return [(k, v) for k, v in headers if k.lower() not in dropped and k.lower() not in named]
 
 
-def forwarded(scope: Scope, route: Route, dropped: frozenset[bytes]) -> Headers:
-    headers = end_to_end(list(scope["headers"]), dropped)
+def _forwarded(scope: Scope, route: _Route, dropped: frozenset[bytes]) -> Headers:
+    headers = _end_to_end(list(scope["headers"]), dropped)
     client = scope.get("client")
     if client:
         seen = _header(scope, b"x-forwarded-for")
@@ -347,7 +337,7 @@ def forwarded(scope: Scope, route: Route, dropped: frozenset[bytes]) -> Headers:
     return headers
 
 
-async def answer_error(scope: Scope, send: Send, status: int, code: str, message: str) -> None:
+async def _error(scope: Scope, send: Send, status: int, code: str, message: str) -> None:
     body = json.dumps({"error": {"code": code, "message": message}}).encode()
     await _answer(scope, send, status, [(b"content-type", b"application/json")], body)
 

@@ -18,7 +18,6 @@ from . import logs
 from .auth import is_loopback
 from .config import Settings, SettingsError
 from .images import ImageBuildError, build_images
-from .preview_server import PreviewServer
 from .registry import Registry
 from .runtimes import load_runtimes
 from .teams import Teams
@@ -26,22 +25,7 @@ from .teams import Teams
 
 class _Server(uvicorn.Server):
     """On SIGTERM/SIGINT, first let running executions end with a terminal event (so every
-    open stream ends cleanly), then let uvicorn close connections and stop. With
-    `PETRI_PREVIEW_PORT`, the preview listener runs beside it: started once the app's
-    lifespan has opened its services, closed first on shutdown."""
-
-    preview: PreviewServer | None = None
-    preview_address: tuple[str, int] | None = None
-
-    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
-        await super().startup(sockets)
-        if self.preview is not None and self.preview_address is not None:
-            await self.preview.start(*self.preview_address)
-
-    async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
-        if self.preview is not None:
-            await self.preview.close()
-        await super().shutdown(sockets)
+    open stream ends cleanly), then let uvicorn close connections and stop."""
 
     def handle_exit(self, sig: int, frame: FrameType | None) -> None:
         app = self.config.loaded_app
@@ -119,12 +103,8 @@ def serve(host: str | None, port: int) -> int:
         settings = dataclasses.replace(settings, public_url=public_url(settings.host, port))
     # Streams end by their own terminal event on shutdown; sse-starlette must not cut them.
     AppStatus.disable_automatic_graceful_drain()  # type: ignore[no-untyped-call]
-    if settings.preview_port and not settings.preview_public_url:
-        url = public_url(settings.host, settings.preview_port)
-        settings = dataclasses.replace(settings, preview_public_url=url)
-    app = create_app(settings)
     config = uvicorn.Config(
-        app,
+        create_app(settings),
         host=settings.host,
         port=port,
         log_level=settings.log_level,
@@ -136,13 +116,7 @@ def serve(host: str | None, port: int) -> int:
         # A service's own `Server` header passes through its preview unchanged.
         server_header=False,
     )
-    server = _Server(config)
-    if settings.preview_port:
-        server.preview = PreviewServer(
-            lambda: app.state.services, settings.preview_domain, settings.header_timeout_seconds
-        )
-        server.preview_address = (settings.host, settings.preview_port)
-    server.run()
+    _Server(config).run()
     return 0
 
 

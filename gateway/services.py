@@ -195,11 +195,7 @@ class Services:
         token = self._tokens.get(service.id)
         if token is None or not service.token_hash:
             return None, None
-        if self.settings.preview_port and self.settings.preview_public_url:
-            base = self.settings.preview_public_url  # the preview listener (preview_server)
-        else:
-            base = self.settings.public_url or base
-        base = base.rstrip("/")
+        base = (self.settings.public_url or base).rstrip("/")
         url = f"{base}/preview/{token}/"
         domain = self.settings.preview_domain
         if not domain:

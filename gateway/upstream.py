@@ -45,7 +45,6 @@ class UpstreamResponse:
     headers: Headers
     _conn: Connection
     _done: Callable[[Connection], None]
-    _forget: Callable[[Connection], None]
     _finished: bool = False
     _released: bool = False
 
@@ -67,14 +66,6 @@ class UpstreamResponse:
         if not self._finished:
             self._conn.close()
         self._done(self._conn)
-
-
-    def detach(self) -> tuple[bytes, asyncio.StreamReader, asyncio.StreamWriter]:
-        """A 101's connection, no longer HTTP nor the pool's: what was read past the head,
-        and the streams. The caller closes the writer."""
-        self._released = True
-        self._forget(self._conn)
-        return self._conn.detach()
 
 
 @dataclass(slots=True)
@@ -166,10 +157,6 @@ class Upstream:
         else:
             conn.close()
 
-    def _forget(self, conn: Connection) -> None:
-        self._slots.release()
-        self._busy.discard(conn)
-
     async def request(
         self,
         method: str,
@@ -214,7 +201,7 @@ class Upstream:
                 self._busy.discard(conn)
                 conn.close()
                 raise
-            return UpstreamResponse(status, head, conn, self._release, self._forget)
+            return UpstreamResponse(status, head, conn, self._release)
         raise AssertionError("unreachable")
 
     async def websocket(

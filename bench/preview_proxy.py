@@ -13,9 +13,11 @@ machine drift hits both alike:
 "Direct" is an HTTP client on the host connected to the relay's Unix socket in the workspace
 (`.petri/services/<id>.sock`): the service, its relay and nothing of the gateway.
 
-`--floor` adds a third path to the latency loop: a raw asyncio byte splice in a process of its
-own (a TCP port to the same socket, nothing parsed): what one more process in the pipeline
-costs before any proxy logic, and `GET /healthz` on the gateway (its HTTP stack alone).
+`--quiet-app` starts the app without its stderr line per request (the gateway stores each
+line as an event, on the event loop the proxy runs on). `--floor` adds a third path to the
+latency loop: a raw asyncio byte splice in a process of its own (a TCP port to the same
+socket, nothing parsed): what one more process in the pipeline costs before any proxy
+logic, and `GET /healthz` on the gateway (its HTTP stack alone).
 """
 
 from __future__ import annotations
@@ -103,14 +105,15 @@ def rate_row(name: str, values: list[float], base: list[float] | None) -> str:
     return f"{name:<46} median {median:8.1f} MB/s   min {min(values):8.1f} MB/s   {ratio}"
 
 
-def main(requests: int, mb: int, runs: int, floor: bool = False) -> None:
+def main(requests: int, mb: int, runs: int, floor: bool = False, quiet: bool = False) -> None:
     tmp = Path(tempfile.mkdtemp(prefix="petri-bench-"))
     gw = make_gateway(tmp, log_level="warning")
     gw.start()
     try:
         with gw.client() as c:
             sid = c.post("/v1/sandboxes", json={"language": "python"}).json()["id"]
-            service = start_ready(c, sid)
+            command = "python3 app.py 8000" + (" --quiet" if quiet else "")
+            service = start_ready(c, sid, command=command)
         sock = gw.workspace_root / sid / ".petri/services" / f"{service['id']}.sock"
         preview = service["preview_url"]
         proxied = httpx.Client(timeout=120, trust_env=False)
@@ -194,5 +197,8 @@ if __name__ == "__main__":
     parser.add_argument("--mb", type=int, default=50)
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--floor", action="store_true", help="also time a raw byte splice")
+    parser.add_argument(
+        "--quiet-app", action="store_true", help="the app logs no line per request"
+    )
     args = parser.parse_args()
-    main(args.requests, args.mb, args.runs, args.floor)
+    main(args.requests, args.mb, args.runs, args.floor, args.quiet_app)

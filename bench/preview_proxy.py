@@ -12,11 +12,19 @@ machine drift hits both alike:
   * upload: `POST /sink` with a <mb> body (Content-Length), MB/s.
 "Direct" is an HTTP client on the host connected to the relay's Unix socket in the workspace
 (`.petri/services/<id>.sock`): the service, its relay and nothing of the gateway.
+
+`--quiet-app` starts the app without its stderr line per request (the gateway stores each
+line as an event, on the event loop the proxy runs on). `--floor` adds a third path to the
+latency loop: a raw asyncio byte splice in a process of its own (a TCP port to the same
+socket, nothing parsed): what one more process in the pipeline costs before any proxy
+logic, and `GET /healthz` on the gateway (its HTTP stack alone).
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
+import multiprocessing
 import statistics
 import sys
 import tempfile
@@ -68,20 +76,44 @@ def upload(client: httpx.Client, url: str, body: bytes) -> float:
     return len(body) / MB / took
 
 
+def _splice(sock: str, ports: multiprocessing.Queue[int]) -> None:
+    """A byte relay, TCP port to the Unix socket, one connection to it per client connection."""
+
+    async def pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            while data := await reader.read(1024 * 1024):
+                writer.write(data)
+                await writer.drain()
+        finally:
+            writer.close()
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        up_reader, up_writer = await asyncio.open_unix_connection(sock)
+        await asyncio.gather(pipe(reader, up_writer), pipe(up_reader, writer))
+
+    async def serve() -> None:
+        server = await asyncio.start_server(handle, "127.0.0.1", 0)
+        ports.put(server.sockets[0].getsockname()[1])
+        await server.serve_forever()
+
+    asyncio.run(serve())
+
+
 def rate_row(name: str, values: list[float], base: list[float] | None) -> str:
     median = statistics.median(values)
     ratio = f"{median / statistics.median(base):5.2f}x" if base else "direct"
     return f"{name:<46} median {median:8.1f} MB/s   min {min(values):8.1f} MB/s   {ratio}"
 
 
-def main(requests: int, mb: int, runs: int) -> None:
+def main(requests: int, mb: int, runs: int, floor: bool = False, quiet: bool = False) -> None:
     tmp = Path(tempfile.mkdtemp(prefix="petri-bench-"))
     gw = make_gateway(tmp, log_level="warning")
     gw.start()
     try:
         with gw.client() as c:
             sid = c.post("/v1/sandboxes", json={"language": "python"}).json()["id"]
-            service = start_ready(c, sid)
+            command = "python3 app.py 8000" + (" --quiet" if quiet else "")
+            service = start_ready(c, sid, command=command)
         sock = gw.workspace_root / sid / ".petri/services" / f"{service['id']}.sock"
         preview = service["preview_url"]
         proxied = httpx.Client(timeout=120, trust_env=False)
@@ -97,9 +129,27 @@ def main(requests: int, mb: int, runs: int) -> None:
         lat_d: list[float] = []
         work_p: list[float] = []
         work_d: list[float] = []
+        floors: dict[str, tuple[httpx.Client, str, list[float]]] = {}
+        if floor:
+            ports: multiprocessing.Queue[int] = multiprocessing.Queue()
+            splicer = multiprocessing.Process(target=_splice, args=(str(sock), ports), daemon=True)
+            splicer.start()
+            floors["GET /x through a raw byte splice"] = (
+                httpx.Client(timeout=120, trust_env=False),
+                f"http://127.0.0.1:{ports.get(timeout=30)}/x",
+                [],
+            )
+            floors["GET /healthz on the gateway"] = (
+                httpx.Client(timeout=120, trust_env=False), gw.url + "/healthz", []
+            )
+            for client, url, _ in floors.values():
+                for _ in range(20):
+                    timed_get(client, url)
         for _ in range(requests):
             lat_d.append(timed_get(direct, "http://service/x"))
             lat_p.append(timed_get(proxied, preview + "x"))
+            for client, url, took in floors.values():
+                took.append(timed_get(client, url))
         for _ in range(max(20, requests // 5)):
             work_d.append(timed_get(direct, "http://service/work?ms=20"))
             work_p.append(timed_get(proxied, preview + "work?ms=20"))
@@ -115,6 +165,9 @@ def main(requests: int, mb: int, runs: int) -> None:
         print(f"preview proxy, {requests} requests, {runs} x {mb} MiB each way")
         print(row("GET /x direct to the relay socket", lat_d, base_label="direct"))
         print(row("GET /x through the preview URL", lat_p, lat_d))
+        for name, (client, _, took) in floors.items():
+            print(row(name, took, lat_d))
+            client.close()
         print(row("GET /work?ms=20 direct", work_d, base_label="direct"))
         print(row("GET /work?ms=20 through the preview URL", work_p, work_d))
         extra = (pct(lat_p, 0.5) - pct(lat_d, 0.5)) * 1000
@@ -143,5 +196,9 @@ if __name__ == "__main__":
     parser.add_argument("--requests", type=int, default=300)
     parser.add_argument("--mb", type=int, default=50)
     parser.add_argument("--runs", type=int, default=5)
+    parser.add_argument("--floor", action="store_true", help="also time a raw byte splice")
+    parser.add_argument(
+        "--quiet-app", action="store_true", help="the app logs no line per request"
+    )
     args = parser.parse_args()
-    main(args.requests, args.mb, args.runs)
+    main(args.requests, args.mb, args.runs, args.floor, args.quiet_app)

@@ -34,6 +34,7 @@ ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 PREFIX = b"/preview/"
 SMALL_BODY = 256 * 1024  # relayed without watching for the caller's disconnect
+READ_AHEAD = 16  # request body messages taken from the server ahead of the service
 HOP_BY_HOP = frozenset(
     {
         b"connection",
@@ -160,16 +161,33 @@ async def _proxy_http(
     has_body = chunked or length not in (b"", b"0")
     body_done = not has_body
 
+    # The body is taken from the server eagerly, in a task of its own, up to READ_AHEAD
+    # messages ahead of what the service has been sent: uvicorn stops reading a request body
+    # past 64 KiB until the app asks for more, so asking only between writes to the service
+    # would send the body in 64 KiB steps, a round trip each.
+    ahead: asyncio.Queue[Message] = asyncio.Queue(READ_AHEAD)
+
+    async def take() -> None:
+        try:
+            while True:
+                message = await receive()
+                await ahead.put(message)
+                if message["type"] != "http.request" or not message.get("more_body", False):
+                    return
+        except Exception:  # the server's receive failed: the caller is as good as gone
+            await ahead.put({"type": "http.disconnect"})
+
     async def body() -> AsyncIterator[bytes]:
         nonlocal body_done
         while not body_done:
-            message = await receive()
+            message = await ahead.get()
             if message["type"] == "http.disconnect":
                 raise _ClientGone
             body_done = not message.get("more_body", False)
             if chunk := message.get("body", b""):
                 yield chunk
 
+    taker = asyncio.ensure_future(take()) if has_body else None
     try:
         response = await upstream.request(
             scope["method"], route.target, headers, body() if has_body else None
@@ -179,6 +197,11 @@ async def _proxy_http(
     except UpstreamError as exc:
         await _error(scope, send, 502, "service_unavailable", str(exc))
         return
+    finally:
+        if taker is not None:
+            taker.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await taker
     if response.status < 200:  # a 1xx as the final answer: not HTTP anyone can relay
         await response.aclose()
         message = f"the service answered {response.status} as its final response"

@@ -135,9 +135,9 @@ class Upstream:
         except PetriError as exc:
             raise UpstreamError(f"the service's socket is not there: {exc.message}") from None
 
-    async def _connection(self) -> Connection:
-        """An idle kept-alive connection, or a new one to the checked socket."""
-        while self._idle:
+    async def _connection(self, fresh: bool = False) -> Connection:
+        """An idle kept-alive connection (unless `fresh`), or a new one to the checked socket."""
+        while self._idle and not fresh:
             conn = self._idle.pop()
             if conn.reusable:
                 return conn
@@ -184,7 +184,9 @@ class Upstream:
         body: AsyncIterable[bytes] | None,
     ) -> UpstreamResponse:
         for attempt in (1, 2):
-            conn = await self._connection()
+            # The retry opens a new connection: another idle one may be just as stale (the
+            # app closed several at once), and a second failure would be the caller's 502.
+            conn = await self._connection(fresh=attempt == 2)
             reused = conn.used
             self._busy.add(conn)
             try:

@@ -2,7 +2,7 @@
 
 Standard library only (HTTP/1.1 with keep-alive, and a hand-written WebSocket echo):
 
-    python3 preview_app.py PORT
+    python3 preview_app.py PORT [--quiet]     (--quiet: no line on stderr per request)
 
     GET  /headers      the request as the app saw it: method, target, headers (JSON)
     POST /echo         the body back, byte for byte (Content-Length or chunked request)
@@ -33,6 +33,7 @@ from urllib.parse import parse_qs, urlsplit
 
 PATTERN = bytes(range(256)) * 256  # 64 KiB
 WS_GUID = "258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
+QUIET = "--quiet" in sys.argv
 
 
 def pattern_bytes(n: int) -> bytes:
@@ -45,7 +46,8 @@ class Handler(BaseHTTPRequestHandler):
     disable_nagle_algorithm = True  # headers and body are separate writes
 
     def log_message(self, format: str, *args: object) -> None:
-        sys.stderr.write(f"{self.command} {self.path}\n")
+        if not QUIET:
+            sys.stderr.write(f"{self.command} {self.path}\n")
 
     # --- bodies -------------------------------------------------------------------------
 

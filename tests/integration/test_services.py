@@ -11,6 +11,7 @@ import os
 import re
 import secrets
 import signal
+import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -206,6 +207,50 @@ def test_an_answer_the_app_gives_before_reading_the_body_reaches_the_caller(
         if size == 1000:  # all of it was in before the app answered: its answer is relayed
             assert r.status_code == 413 and r.json() == {"too": "large"}
     assert pc.get(url + "peer").status_code == 200  # and the next request is fine
+
+
+def test_an_upload_the_app_does_not_read_is_held_back_not_buffered_by_the_gateway(
+    client: httpx.Client, new_sandbox: MakeSandbox
+) -> None:
+    """The proxy reads a request body ahead of the app (so the server does not pace it at
+    64 KiB per round trip), but only a few MiB: a caller pushing into an app that reads
+    nothing is held back by TCP, not stored in the gateway's memory."""
+    service = start_ready(client, new_sandbox()["id"])
+    url = service["preview_url"] + "work?ms=8000"  # answers after 8 s, never reads the body
+    sent = 0
+    stop = threading.Event()
+
+    def chunks() -> Iterator[bytes]:
+        nonlocal sent
+        block = b"x" * MB
+        while not stop.is_set() and sent < 1024 * MB:
+            sent += MB
+            yield block
+
+    ended: list[object] = []
+
+    def post() -> None:
+        # The body stops short of its Content-Length (see `stop`): the client gives up.
+        with httpx.Client(timeout=30, trust_env=False) as c:
+            try:
+                got = c.post(url, content=chunks(), headers={"Content-Length": str(1024 * MB)})
+                ended.append(got.status_code)
+            except Exception as exc:  # what it was is asserted below
+                ended.append(exc)
+
+    pusher = threading.Thread(target=post, daemon=True)
+    pusher.start()
+    time.sleep(6)
+    held = sent
+    stop.set()
+    pusher.join(60)
+    # Kernel buffers on three sockets, the relay's and the proxy's read-ahead: tens of MiB at
+    # most. Unbounded buffering takes in hundreds (the loopback moves 200+ MB/s).
+    assert 0 < held < 96 * MB, held
+    assert not pusher.is_alive(), ended
+    assert ended and not isinstance(ended[0], int | AssertionError), ended
+    with preview_client() as pc:  # and the service still answers
+        assert pc.get(service["preview_url"] + "peer").status_code == 200
 
 
 def test_websocket_echo_through_the_preview(

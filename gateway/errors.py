@@ -1,7 +1,7 @@
 """Every exception class of the gateway, under one root. Each error the gateway raises on
 purpose carries its HTTP status and a stable snake_case code; `routes` registers one handler
 per class it answers (`PetriError`, Starlette's `HTTPException`, `ClientDisconnect`) and
-turns anything else into one logged 500 `internal`. Errors that never reach a client
+turns anything else into one logged 500 `internal_error`. Errors that never reach a client
 (configuration, image builds, reports) are `PetriError`s too, so `except PetriError` is the
 one way to catch "the gateway said no"."""
 
@@ -139,3 +139,13 @@ class BadGateway(PetriError):
     """A sandbox's service did not answer (exited, not listening, broke the connection)."""
 
     status, code = 502, "bad_gateway"
+
+
+class UpstreamError(BadGateway):
+    """The preview proxy: the service did not answer (no socket yet, nobody listening behind
+    the relay, a reset)."""
+
+
+class UpstreamProtocolError(UpstreamError):
+    """The preview proxy's HTTP/1.1 client: the connection broke, or the service spoke
+    something that is not HTTP/1.1."""

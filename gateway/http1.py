@@ -14,13 +14,13 @@ from collections.abc import AsyncIterable, AsyncIterator
 
 import h11
 
+from .errors import UpstreamProtocolError
+
 Headers = list[tuple[bytes, bytes]]
 READ_SIZE = 1024 * 1024
 BUFFER = 4 * 1024 * 1024  # the stream reader's limit: how far it reads ahead
 
 
-class ProtocolError(Exception):
-    """The connection broke, or the service spoke something that is not HTTP/1.1."""
 
 
 class Connection:
@@ -74,7 +74,7 @@ class Connection:
                 # other 1xx (100 Continue, 103 Early Hints) precede the real answer
             return event.status_code, list(event.headers.raw_items())
         except (h11.ProtocolError, OSError, ConnectionError) as exc:
-            raise ProtocolError(str(exc) or type(exc).__name__) from None
+            raise UpstreamProtocolError(str(exc) or type(exc).__name__) from None
 
     async def body(self) -> AsyncIterator[bytes]:
         """The response body's bytes as they arrive."""
@@ -86,7 +86,7 @@ class Connection:
                 elif isinstance(event, h11.EndOfMessage):
                     break
         except (h11.ProtocolError, OSError, ConnectionError) as exc:
-            raise ProtocolError(str(exc) or type(exc).__name__) from None
+            raise UpstreamProtocolError(str(exc) or type(exc).__name__) from None
         if self._h11.our_state is h11.DONE and self._h11.their_state is h11.DONE:
             self._h11.start_next_cycle()
 

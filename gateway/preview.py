@@ -20,9 +20,9 @@ from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
 from dataclasses import dataclass
 from typing import Any
 
-from .errors import PetriError
+from .errors import PetriError, UpstreamError
 from .services import TOKEN, Services
-from .upstream import Headers, Refused, Upstream, UpstreamError, UpstreamResponse, UpstreamSocket
+from .upstream import Headers, Refused, Upstream, UpstreamResponse, UpstreamSocket
 
 log = logging.getLogger("petri.preview")
 

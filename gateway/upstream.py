@@ -22,8 +22,8 @@ from websockets.asyncio.client import ClientConnection, unix_connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus, WebSocketException
 from websockets.typing import Subprotocol
 
-from .errors import PetriError
-from .http1 import Connection, ProtocolError
+from .errors import PetriError, UpstreamError, UpstreamProtocolError
+from .http1 import Connection
 
 Headers = list[tuple[bytes, bytes]]
 # No read or write timeout: a response may stream for as long as the service likes (SSE,
@@ -35,8 +35,6 @@ WS_MAX_BYTES = 16 * 1024 * 1024  # uvicorn's own limit on the client side
 _STATUS_LINE = re.compile(rb"^HTTP/\d\.\d [1-5]\d\d")
 
 
-class UpstreamError(Exception):
-    """The service did not answer: no socket yet, nobody listening behind the relay, a reset."""
 
 
 @dataclass(slots=True)
@@ -53,7 +51,7 @@ class UpstreamResponse:
         try:
             async for chunk in self._conn.body():
                 yield chunk
-        except ProtocolError as exc:
+        except UpstreamProtocolError as exc:
             raise UpstreamError(f"the service broke off its response: {exc}") from None
         self._finished = True
 
@@ -191,7 +189,7 @@ class Upstream:
             self._busy.add(conn)
             try:
                 status, head = await conn.request(method, target, headers, body)
-            except ProtocolError as exc:
+            except UpstreamProtocolError as exc:
                 self._busy.discard(conn)
                 conn.close()
                 # A kept-alive connection the service closed meanwhile: once more on a new

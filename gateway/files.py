@@ -10,6 +10,7 @@ download, a PUT body, a zip body) go through aiofiles, a chunk per worker-thread
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import tempfile
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -19,7 +20,7 @@ import aiofiles
 from aiofiles.threadpool.binary import AsyncBufferedReader
 
 from . import tree
-from .errors import TooLarge
+from .errors import PetriError, TooLarge
 from .uploads import Upload
 from .workspace import Listing, Workspace, clean_path, path_error
 
@@ -40,6 +41,26 @@ class Download:
 
 async def listing(workspace: Workspace) -> Listing:
     return await asyncio.to_thread(workspace.listing)
+
+
+async def digest(workspace: Workspace, path: str, max_bytes: int) -> str | None:
+    """The sha256 of a workspace file, read in a thread; None when it is absent, not a
+    regular file, or larger than `max_bytes`."""
+
+    def work() -> str | None:
+        try:
+            handle, size = workspace.read(path)
+        except (PetriError, OSError):
+            return None
+        with handle:
+            if size > max_bytes:
+                return None
+            hashed = hashlib.sha256()
+            while chunk := handle.read(1024 * 1024):
+                hashed.update(chunk)
+            return hashed.hexdigest()
+
+    return await asyncio.to_thread(work)
 
 
 async def delete(workspace: Workspace, path: str) -> None:

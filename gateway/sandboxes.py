@@ -12,7 +12,7 @@ import sqlite3
 from collections.abc import AsyncIterator
 from typing import Any
 
-from . import audit, auth, testmode
+from . import audit, auth, files, testmode
 from . import events as ev
 from .backend import Backend
 from .config import Settings
@@ -239,6 +239,12 @@ class Sandboxes:
         if self._closing:
             raise DockerUnavailable("the gateway is shutting down", code="shutting_down")
         sandbox = self.get(sandbox_id)
+        file_digest = None
+        if body.filename is not None:  # for the ledger; read off the event loop (up to 16 MiB)
+            path = "/".join(clean_path(body.filename))
+            workspace = self.workspaces.get(sandbox.id)
+            file_digest = await files.digest(workspace, path, SOURCE_DIGEST_MAX_BYTES)
+            sandbox = self.get(sandbox_id)  # from here on no await: checks, then the writes
         if idempotency_key is not None:
             if (live := self.runs.find_idempotent(sandbox.id, idempotency_key)) is not None:
                 return live
@@ -270,7 +276,7 @@ class Sandboxes:
             execution = Execution(
                 execution_id, sandbox.id, argv, test=body.test, idempotency_key=idempotency_key
             )
-            detail = self._exec_detail(sandbox, body, timeout, plain, refs)
+            detail = self._exec_detail(sandbox, body, timeout, plain, refs, file_digest)
             metadata = dict(body.metadata or {})
             with self.registry.transaction():
                 self.registry.put_execution(execution)
@@ -314,18 +320,13 @@ class Sandboxes:
         timeout: int,
         plain: dict[str, str],
         refs: dict[str, str],
+        file_digest: str | None,
     ) -> dict[str, Any]:
         """What the ledger says an exec ran: the sha256 of its code or command (or file)."""
         text = body.code if body.code is not None else body.command
         digest = hashlib.sha256(text.encode()).hexdigest() if text is not None else None
-        if body.filename is not None:
-            with contextlib.suppress(PetriError, OSError):
-                handle, size = self.workspaces.get(sandbox.id).read(
-                    "/".join(clean_path(body.filename))
-                )
-                with handle:
-                    if size <= SOURCE_DIGEST_MAX_BYTES:
-                        digest = hashlib.sha256(handle.read()).hexdigest()
+        if file_digest is not None:
+            digest = file_digest
         source = next(
             (n for n in ("command", "code", "filename") if getattr(body, n) is not None), "test"
         )

@@ -20,6 +20,7 @@ from .errors import Conflict, DockerUnavailable, Gone, Invalid, NotFound, OverLi
 from .events import Event
 from .executions import ExecutionLog, replay
 from .models import CreateSandbox, ExecBody, Execution, Limits, Sandbox, now, split_env
+from .pool import Pool, Warm
 from .registry import Registry, instance_id
 from .runner import ContainerSpec, Runner
 from .runs import CODE_DIR, Run, Runs
@@ -60,6 +61,7 @@ class Sandboxes:
         self.teams = teams or Teams.open(settings, registry)
         self.runs.on_end += [self._record_end, self._measure_end]
         self._creating: set[str] = set()  # sandboxes being created, not yet in the registry
+        self.pool: Pool | None = None  # the warm pool (service.py), claimed in `create`
 
     # --- lifecycle of the gateway ------------------------------------------------------------
 
@@ -168,9 +170,17 @@ class Sandboxes:
                 f"at most {s.max_sandboxes} sandboxes may exist", code="too_many_sandboxes"
             )
         with self.teams.quotas.sandbox(tenant):  # the tenant's slot, taken before any await
+            # The pool's one hook: a warm entry (workspace mounted, container running) when
+            # this create would make exactly what it holds; else the cold path below.
+            warm: Warm | None = None
+            if self.pool is not None and self.pool.fits(runtime.name, limits, plain):
+                warm = self.pool.claim(runtime.name)
+            if warm is not None:
+                sandbox.id, sandbox.container_id = warm.sandbox_id, warm.container_id
             self._creating.add(sandbox.id)
             try:
-                await self.workspaces.create(sandbox.id, limits.disk_mb)
+                if warm is None:
+                    await self.workspaces.create(sandbox.id, limits.disk_mb)
                 with self.registry.transaction():
                     self.registry.put_sandbox(sandbox)
                     self.teams.ledger.append(
@@ -179,9 +189,14 @@ class Sandboxes:
             except BaseException:
                 self._creating.discard(sandbox.id)
                 with contextlib.suppress(Exception):
+                    if warm is not None:
+                        await self.runner.remove_container(warm.container_id)
                     await self.workspaces.remove(sandbox.id)
                 raise
             self._creating.discard(sandbox.id)  # counted by the registry from here on
+        if warm is not None:
+            self.runs.new_container(sandbox.id)
+            return sandbox
         try:
             await self._start_container(sandbox)
         except BaseException:
@@ -262,7 +277,31 @@ class Sandboxes:
     def _lock(self, sandbox_id: str) -> asyncio.Lock:
         return self._locks.setdefault(sandbox_id, asyncio.Lock())
 
+    # --- what the warm pool asks (pool.Provider) ----------------------------------------------
+
+    async def provision(self, sandbox: Sandbox) -> str:
+        """A pool entry: what `create` makes, minus the registry row."""
+        await self.workspaces.create(sandbox.id, sandbox.limits.disk_mb)
+        return await self._launch(sandbox)
+
+    async def unprovision(self, sandbox_id: str) -> None:
+        await self.runner.remove_container(self._container_name(sandbox_id))
+        await self.workspaces.remove(sandbox_id)
+
+    def claimed(self, sandbox_id: str) -> bool:
+        return self.registry.get_sandbox(sandbox_id) is not None
+
+    # ------------------------------------------------------------------------------------------
+
     async def _start_container(self, sandbox: Sandbox) -> str:
+        container_id = await self._launch(sandbox)
+        sandbox.container_id = container_id
+        self.registry.put_sandbox(sandbox)
+        self.runs.new_container(sandbox.id)
+        return container_id
+
+    async def _launch(self, sandbox: Sandbox) -> str:
+        """Start the sandbox's container (replacing one of its name); its id."""
         runtime = self.runtimes[sandbox.language]
         s = self.settings
         spec = ContainerSpec.for_sandbox(
@@ -275,11 +314,7 @@ class Sandboxes:
             env={**runtime.env, **sandbox.env},
         )
         await self.runner.remove_container(spec.name)
-        container_id = await self.runner.start_container(spec)  # within the runner's slots
-        sandbox.container_id = container_id
-        self.registry.put_sandbox(sandbox)
-        self.runs.new_container(sandbox.id)
-        return container_id
+        return await self.runner.start_container(spec)  # within the runner's slots
 
     async def _ensure_container(self, sandbox: Sandbox) -> str:
         """The sandbox's running container; a dead one is replaced, workspace intact."""

@@ -11,6 +11,7 @@ from . import auth
 from .config import Settings
 from .errors import PetriError
 from .installer import ContainerInstaller
+from .pool import Pool, sizes_for
 from .reaper import reap_forever
 from .registry import Registry
 from .retention import retain_forever
@@ -54,10 +55,16 @@ async def _serve(settings: Settings, registry: Registry, teams: Teams) -> AsyncI
         teams,
     )
     installer.labels = dict(sandboxes.labels)  # install containers are swept like the rest
+    pool = Pool(
+        settings, sizes_for(settings, sandboxes.runtimes), sandboxes, settings.data_dir / "pool"
+    )
+    sandboxes.pool = pool
     try:
-        await sandboxes.recover()
+        await sandboxes.recover()  # the orphan sweep takes a killed run's pool containers
+        await pool.sweep()  # and this their workspaces
     except PetriError as exc:
         log.warning("start-up recovery incomplete (%s); continuing", exc.message)
+    pool.start()
     await installer.start()  # the egress proxy's socket directory
     reaper = asyncio.create_task(reap_forever(sandboxes, settings.reaper_interval_seconds))
     retention = asyncio.create_task(
@@ -70,6 +77,7 @@ async def _serve(settings: Settings, registry: Registry, teams: Teams) -> AsyncI
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+        await pool.close()
         await sandboxes.shutdown()
         await installer.close()
         await runner.close()

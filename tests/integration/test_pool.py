@@ -102,9 +102,11 @@ INSIDE = (
     "echo ---; ls -A /sandbox; echo ---; "
     # every process but this exec's: the keeper and its sleep, nothing the pool started
     "for d in /proc/[0-9]*; do p=${d#/proc/}; [ $p = $$ ] && continue; "
-    "tr '\\0' ' ' < $d/cmdline 2>/dev/null; echo; done | grep -v '^/bin/bash -c \\|^grep \\|^sort\\|^tr \\|^$' | sort; "
+    "tr '\\0' ' ' < $d/cmdline 2>/dev/null; echo; done "
+    "| grep -v '^/bin/bash -c \\|^grep \\|^sort\\|^tr \\|^$' | sort; "
     "echo ---; env | grep -v '^HOSTNAME=\\|^PWD=\\|^SHLVL=\\|^_=' | sort; "
-    "echo ---; tr '\\0' '\\n' < /proc/1/environ | sort; echo ---; df -k /sandbox | awk 'NR == 2 {print $2, $6}'"
+    "echo ---; tr '\\0' '\\n' < /proc/1/environ | sort; "
+    "echo ---; df -k /sandbox | awk 'NR == 2 {print $2, $6}'"
 )
 
 
@@ -217,7 +219,7 @@ def test_concurrent_streams_each_get_every_event_in_order(warm: Gateway) -> None
             with warm.client() as mine:
                 got = stream_events(
                     mine, "POST", f"/v1/sandboxes/{sids[k % 4]}/exec",
-                    json={"code": code, "language": "python"}, timeout=120,
+                    json={"code": code}, timeout=120,
                 )
             check_sequence(got)
             assert got[0].type == "start" and got[-1].type == "exit", got[-1]

@@ -69,7 +69,7 @@ _SETTLE = (
     f'if [ "$1" = all ]; then shift; {_KILL_REST}; fi; '
     'exec rm -f "/tmp/.petri-$0.pid" "/tmp/.petri-$0.kill"'
 )
-MERGE_BYTES = 64 * 1024
+MERGE_BYTES = 256 * 1024
 HELPER_SECONDS = 15.0
 STDIN_CHUNK = 64 * 1024
 _OOM = re.compile(rb"^oom_kill (\d+)$", re.M)

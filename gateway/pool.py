@@ -37,6 +37,9 @@ from .models import Limits, Sandbox, now
 
 log = logging.getLogger("petri.pool")
 BACKOFF_SECONDS = (1.0, 60.0)  # after a failed fill: first wait, longest wait
+# A refill waits this long after a claim: the new sandbox's first exec (~0.1-0.2 s) runs
+# before a container start and an mkfs compete with it for the CPU (bench/exec_latency.py).
+REFILL_PAUSE_SECONDS = 0.5
 
 
 class Provider(Protocol):
@@ -160,8 +163,12 @@ class Pool:
 
     async def _fill_forever(self) -> None:
         backoff = BACKOFF_SECONDS[0]
+        first = True
         while True:
             await self._wake.wait()
+            if not first:
+                await asyncio.sleep(REFILL_PAUSE_SECONDS)  # claims meanwhile join this round
+            first = False
             self._wake.clear()
             while wanted := self._wanted()[: self._parallel]:
                 results = await asyncio.gather(

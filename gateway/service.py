@@ -59,6 +59,7 @@ async def _serve(settings: Settings, registry: Registry, teams: Teams) -> AsyncI
         settings, sizes_for(settings, sandboxes.runtimes), sandboxes, settings.data_dir / "pool"
     )
     sandboxes.pool = pool
+    teams.metrics.pool_size.set_function(lambda: float(sum(pool.ready().values())))
     try:
         await sandboxes.recover()  # the orphan sweep takes a killed run's pool containers
         await pool.sweep()  # and this their workspaces

@@ -62,9 +62,9 @@ async def _serve(settings: Settings, registry: Registry, teams: Teams) -> AsyncI
     teams.metrics.pool_size.set_function(lambda: float(sum(pool.ready().values())))
     try:
         await sandboxes.recover()  # the orphan sweep takes a killed run's pool containers
-        await pool.sweep()  # and this their workspaces
     except PetriError as exc:
         log.warning("start-up recovery incomplete (%s); continuing", exc.message)
+    await pool.sweep()  # and this their workspaces (it raises nothing)
     pool.start()
     await installer.start()  # the egress proxy's socket directory
     reaper = asyncio.create_task(reap_forever(sandboxes, settings.reaper_interval_seconds))

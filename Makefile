@@ -75,9 +75,11 @@ bench:
 	shopt -s nullglob; scripts=(bench/[!_]*.py); \
 	if [ $${#scripts[@]} -eq 0 ]; then echo "make bench: no bench/*.py found" >&2; exit 1; fi; \
 	for script in "$${scripts[@]}"; do \
+		[ "$$script" = bench/chart.py ] && continue; \
 		echo "== $$script"; \
 		$(PYTHON) "$$script"; \
-	done
+	done; \
+	$(PYTHON) bench/chart.py  # docs/benchmarks.png from bench/results/*.json
 
 # The gateway's own image (see Dockerfile), built from a temporary context that holds only
 # what the image needs plus the CA bundle pip must trust (PETRI_CA_BUNDLE, else the system's).

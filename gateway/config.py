@@ -137,6 +137,14 @@ class Settings:
     max_concurrent_starts: int = field(
         default=4, metadata=_meta("containers being created and started at once; others queue")
     )
+    pool_size: str = field(
+        default="python=2,node=1",
+        metadata=_meta(
+            "warm pool: started containers with their workspace made, per language "
+            "(`python=2,node=1`, or one number for every language; `0`: none). A create "
+            "with default limits and no `env` claims one; others take the cold path"
+        ),
+    )
     max_concurrent_installs: int = field(
         default=4,
         metadata=_meta(
@@ -301,6 +309,10 @@ class Settings:
                 f"PETRI_EGRESS_SOCKET_DIR {str(sockets)!r} must be an absolute path of at most "
                 f"{SOCKET_DIR_MAX} bytes (a Unix socket path holds 107); set a shorter one"
             )
+        try:
+            parse_pool_size(self.pool_size)
+        except ValueError as exc:
+            raise SettingsError(f"PETRI_POOL_SIZE: {exc}") from None
         if self.log_format not in ("text", "json"):
             raise SettingsError("PETRI_LOG_FORMAT must be `text` or `json`")
         if not self.host:
@@ -355,6 +367,27 @@ def _convert(name: str, raw: str, default: Any) -> Any:
     except ValueError:
         kind = type(default).__name__
         raise SettingsError(f"{name}={raw!r} is not a valid {kind}") from None
+
+
+POOL_MAX = 64  # warm containers per language, at most
+
+
+def parse_pool_size(raw: str) -> dict[str, int] | int:
+    """`PETRI_POOL_SIZE`: one number for every language, or `lang=n` pairs split by commas."""
+    text = raw.strip()
+    if text.isdigit():
+        if int(text) > POOL_MAX:
+            raise ValueError(f"at most {POOL_MAX} per language")
+        return int(text)
+    sizes: dict[str, int] = {}
+    for item in filter(None, (part.strip() for part in text.split(","))):
+        lang, eq, number = (x.strip() for x in item.partition("="))
+        if not eq or not re.fullmatch(r"[a-z][a-z0-9_-]{0,31}", lang) or not number.isdigit():
+            raise ValueError(f"{item[:40]!r} is not `language=count`")
+        if int(number) > POOL_MAX:
+            raise ValueError(f"at most {POOL_MAX} per language")
+        sizes[lang] = int(number)
+    return sizes
 
 
 def describe() -> list[tuple[str, str, str]]:

@@ -8,7 +8,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 
 from .backend import (
     ROLE,
@@ -49,8 +49,6 @@ class Containers:
         self.instance = instance
         self.labels = instance_labels(instance)
         self._locks: dict[str, asyncio.Lock] = {}
-        # Called with (sandbox id, container id) when a sandbox got a new container.
-        self.on_new: list[Callable[[str, str], None]] = []
 
     @contextlib.asynccontextmanager
     async def locked(self, sandbox_id: str) -> AsyncIterator[None]:
@@ -66,6 +64,14 @@ class Containers:
 
     async def start(self, sandbox: Sandbox) -> str:
         """A new container for the sandbox (one of that name is replaced); its id, recorded."""
+        container_id = await self.launch(sandbox)
+        sandbox.container_id = container_id
+        self.registry.put_sandbox(sandbox)
+        return container_id
+
+    async def launch(self, sandbox: Sandbox) -> str:
+        """Start the sandbox's container (one of that name is replaced); its id, not recorded
+        (the warm pool records it when a create claims it)."""
         runtime = self.runtimes[sandbox.language]
         spec = ContainerSpec.for_sandbox(
             self.settings,
@@ -77,12 +83,7 @@ class Containers:
             env={**runtime.env, **sandbox.env},
         )
         await self.backend.remove_container(spec.name)
-        container_id = await self.backend.start_container(spec)  # within the backend's slots
-        sandbox.container_id = container_id
-        self.registry.put_sandbox(sandbox)
-        for hook in self.on_new:
-            hook(sandbox.id, container_id)
-        return container_id
+        return await self.backend.start_container(spec)  # within the backend's slots
 
     async def ensure(self, sandbox: Sandbox) -> str:
         """The sandbox's running container; a dead one is replaced, workspace intact."""

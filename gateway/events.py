@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
+from json.encoder import encode_basestring_ascii as _escape
 from typing import Any
 
 START, INSTALL, STDOUT, STDERR, EXIT, ERROR, TRUNCATED = (
@@ -41,6 +42,10 @@ class Event:
     def data_json(self) -> str:
         if self.raw is not None:
             return self.raw
+        text = _flat_ascii_json(self.data)
+        if text is not None:
+            object.__setattr__(self, "raw", text)
+            return text
         text = json.dumps(self.data, ensure_ascii=False, separators=(",", ":"))
         # JSON may carry U+0085, U+2028 and U+2029 raw, but many line readers (Python's
         # `splitlines`, httpx's `iter_lines`) break lines there: escape them (a program's
@@ -53,6 +58,24 @@ class Event:
     def sse(self) -> bytes:
         """The event as SSE bytes. The data is one JSON line, so no `\\r`/`\\n` can split it."""
         return f"id: {self.id}\nevent: {self.type}\ndata: {self.data_json()}\n\n".encode()
+
+
+def _flat_ascii_json(data: dict[str, Any]) -> str | None:
+    """`json.dumps(data, separators=(",", ":"))` for the common case, an output event: keys
+    and string values all ASCII but DEL, other values ints. The same bytes, twice as fast (the C
+    ASCII escaper skips the UTF-8 bookkeeping); None for anything else."""
+    parts = []
+    for key, value in data.items():
+        if type(value) is str and value.isascii() and "\x7f" not in value:
+            encoded = _escape(value)
+        elif type(value) is int:
+            encoded = str(value)
+        else:
+            return None
+        if not key.isascii():
+            return None
+        parts.append(f"{_escape(key)}:{encoded}")
+    return "{" + ",".join(parts) + "}"
 
 
 def keepalive() -> bytes:

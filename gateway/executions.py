@@ -38,7 +38,7 @@ REPLAY_BATCH = 64
 # a client that reads fast never makes the send wait, so 20 followers of a long run would
 # otherwise take turns of whole pages while every other request waits.
 TURN_EVENTS = 8
-COALESCE_CHARS = 64 * 1024
+COALESCE_CHARS = 256 * 1024
 STREAMED_VIA_EMIT = frozenset({ev.INSTALL, "app"})  # chunked text that arrives through `emit`
 
 

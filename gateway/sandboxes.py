@@ -22,6 +22,7 @@ from .errors import Conflict, DockerUnavailable, Gone, Invalid, NotFound, OverLi
 from .events import ErrorData, Event, StartData
 from .executions import ExecutionLog, replay
 from .models import CreateSandbox, ExecBody, Execution, Limits, Sandbox, now, split_env
+from .pool import Pool, Warm
 from .registry import Registry, instance_id
 from .runs import Run, Runs
 from .runtimes import Runtime
@@ -60,6 +61,7 @@ class Sandboxes:
         self.teams = teams or Teams.open(settings, registry)
         self.runs.on_end += [self._record_end, self._measure_end]
         self._creating: set[str] = set()  # sandboxes being created, not yet in the registry
+        self.pool: Pool | None = None  # the warm pool (service.py), claimed in `create`
 
     # --- lifecycle of the gateway ------------------------------------------------------------
 
@@ -146,9 +148,17 @@ class Sandboxes:
                 f"at most {s.max_sandboxes} sandboxes may exist", code="too_many_sandboxes"
             )
         with self.teams.quotas.sandbox(tenant):  # the tenant's slot, taken before any await
+            # The pool's one hook: a warm entry (workspace mounted, container running) when
+            # this create would make exactly what it holds; else the cold path below.
+            warm: Warm | None = None
+            if self.pool is not None and self.pool.fits(runtime.name, limits, plain):
+                warm = self.pool.claim(runtime.name)
+            if warm is not None:
+                sandbox.id, sandbox.container_id = warm.sandbox_id, warm.container_id
             self._creating.add(sandbox.id)
             try:
-                await self.workspaces.create(sandbox.id, limits.disk_mb)
+                if warm is None:
+                    await self.workspaces.create(sandbox.id, limits.disk_mb)
                 with self.registry.transaction():
                     self.registry.put_sandbox(sandbox)
                     self.teams.ledger.append(
@@ -157,9 +167,13 @@ class Sandboxes:
             except BaseException:
                 self._creating.discard(sandbox.id)
                 with contextlib.suppress(Exception):
+                    if warm is not None:
+                        await self.containers.remove(sandbox.id)
                     await self.workspaces.remove(sandbox.id)
                 raise
             self._creating.discard(sandbox.id)  # counted by the registry from here on
+        if warm is not None:
+            return sandbox
         try:
             await self.containers.start(sandbox)
         except BaseException:
@@ -231,6 +245,20 @@ class Sandboxes:
                     if await self.delete(sandbox.id, if_expired=True):
                         reaped.append(sandbox.id)
         return reaped
+
+    # --- what the warm pool asks (pool.Provider) ----------------------------------------------
+
+    async def provision(self, sandbox: Sandbox) -> str:
+        """A pool entry: what `create` makes, minus the registry row."""
+        await self.workspaces.create(sandbox.id, sandbox.limits.disk_mb)
+        return await self.containers.launch(sandbox)
+
+    async def unprovision(self, sandbox_id: str) -> None:
+        await self.containers.remove(sandbox_id)
+        await self.workspaces.remove(sandbox_id)
+
+    def claimed(self, sandbox_id: str) -> bool:
+        return self.registry.get_sandbox(sandbox_id) is not None
 
     # --- executions --------------------------------------------------------------------------
 

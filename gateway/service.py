@@ -12,6 +12,7 @@ from .backend import Backend
 from .config import Settings
 from .errors import PetriError
 from .installer import ContainerInstaller
+from .pool import Pool, sizes_for
 from .reaper import reap_forever
 from .registry import Registry, instance_id
 from .retention import retain_forever
@@ -63,10 +64,17 @@ async def _serve(
         installer,
         teams,
     )
+    pool = Pool(
+        settings, sizes_for(settings, sandboxes.runtimes), sandboxes, settings.data_dir / "pool"
+    )
+    sandboxes.pool = pool
+    teams.metrics.pool_size.set_function(lambda: float(sum(pool.ready().values())))
     try:
-        await sandboxes.recover()
+        await sandboxes.recover()  # the orphan sweep takes a killed run's pool containers
     except PetriError as exc:
         log.warning("start-up recovery incomplete (%s); continuing", exc.message)
+    await pool.sweep()  # and this their workspaces (it raises nothing)
+    pool.start()
     await installer.start()  # the egress proxy's socket directory
     reaper = asyncio.create_task(reap_forever(sandboxes, settings.reaper_interval_seconds))
     retention = asyncio.create_task(
@@ -79,6 +87,7 @@ async def _serve(
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+        await pool.close()
         await sandboxes.shutdown()
         await installer.close()
         await backend.close()

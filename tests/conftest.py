@@ -133,6 +133,9 @@ def make_gateway(tmp: Path, **settings: str) -> Gateway:
             "PETRI_RUNTIMES_DIR": str(RUNTIMES),
             "PETRI_DISK_MB": "256",
             "PETRI_LOG_LEVEL": "warning",
+            # No warm pool unless a test asks (tests/integration/test_pool.py): dozens of
+            # gateways with a few idle containers each would only cost the machine.
+            "PETRI_POOL_SIZE": "0",
         }
     )
     env.update({f"PETRI_{k.upper()}": v for k, v in settings.items()})

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import shutil
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -17,7 +18,7 @@ from gateway.backend import ContainerSpec, Mount
 from gateway.config import Settings
 from gateway.errors import Conflict, NotFound, RunnerError
 from gateway.events import Event
-from gateway.models import CreateSandbox, ExecBody
+from gateway.models import CreateSandbox, ExecBody, LimitsBody
 from gateway.runs import CODE_DIR
 from gateway.sandboxes import Sandboxes
 from gateway.service import open_gateway
@@ -36,7 +37,7 @@ def fake_settings(tmp: Path, **overrides: Any) -> Settings:
         egress_sockets=sockets,
         disk_mb=0,
         reaper_interval_seconds=3600,
-        **overrides,
+        **{"pool_size": "0", **overrides},
     )
 
 
@@ -85,6 +86,34 @@ async def test_create_asks_the_backend_for_a_hardened_labelled_container(tmp_pat
         ) == [Mount(tmp_path / "ws" / sb.id, "/sandbox")]
         assert (spec.user, spec.network, tuple(spec.command)) == ("1000:1000", "none", be.KEEPER)
         assert spec.memory_mb == sandboxes.settings.memory_mb
+
+
+async def test_a_pool_claim_is_the_container_a_cold_create_would_make(tmp_path: Path) -> None:
+    """The warm pool over the fake: a default create takes the warm container, whose spec is
+    a cold create's (its own name, labels and workspace); custom limits take the cold path;
+    the pool refills; entries are no sandboxes until claimed."""
+    async with domain(tmp_path, pool_size="python=1") as (sandboxes, fake):
+        pool = sandboxes.pool
+        assert pool is not None and await pool.wait_full(10)
+        (warm,) = fake.containers.values()
+        assert sandboxes.page(limit=10, after="") == []
+        claimed = await sandboxes.create(CreateSandbox(language="python"))
+        assert claimed.container_id == warm.id
+        cold = await sandboxes.create(CreateSandbox(language="python", limits=LimitsBody(memory_mb=128)))
+        assert cold.container_id != warm.id
+        specs = {c.id: c.spec for c in fake.containers.values()}
+        for sb in (claimed, cold):
+            spec = specs[sb.container_id]
+            assert spec.name == be.container_name(sandboxes.instance, sb.id, "sandbox")
+            assert spec.labels == be.container_labels(sandboxes.instance, sb.id, "sandbox")
+            assert [m.source for m in spec.mounts] == [tmp_path / "ws" / sb.id]
+        a, b = specs[claimed.container_id], specs[cold.container_id]
+        same = dataclasses.replace(
+            b, name=a.name, labels=a.labels, mounts=a.mounts, memory_mb=a.memory_mb
+        )
+        assert same == a
+        assert await pool.wait_full(10)  # refilled
+        assert {sb.id for sb in sandboxes.page(limit=10, after="")} == {claimed.id, cold.id}
 
 
 async def test_output_arrives_demultiplexed_and_the_run_ends_once(tmp_path: Path) -> None:

@@ -99,7 +99,9 @@ async def test_a_pool_claim_is_the_container_a_cold_create_would_make(tmp_path: 
         assert sandboxes.page(limit=10, after="") == []
         claimed = await sandboxes.create(CreateSandbox(language="python"))
         assert claimed.container_id == warm.id
-        cold = await sandboxes.create(CreateSandbox(language="python", limits=LimitsBody(memory_mb=128)))
+        cold = await sandboxes.create(
+            CreateSandbox(language="python", limits=LimitsBody(memory_mb=128))
+        )
         assert cold.container_id != warm.id
         specs = {c.id: c.spec for c in fake.containers.values()}
         for sb in (claimed, cold):

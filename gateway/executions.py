@@ -51,7 +51,7 @@ def _size(event: Event) -> int:
     return 64 + (len(text) if isinstance(text, str) else 0)
 
 
-class _Tail:
+class Tail:
     """The last `limit` bytes of one stream, as chunks tagged with their arrival order."""
 
     def __init__(self, limit: int) -> None:
@@ -87,7 +87,7 @@ class OutputBudget:
         self.used = 0
         self.truncated = False
         self.dropped = 0
-        self._tails: dict[str, _Tail] = {}
+        self._tails: dict[str, Tail] = {}
         self._order = 0
 
     def admit(self, kind: str, text: str) -> str:
@@ -109,7 +109,7 @@ class OutputBudget:
     def _keep(self, kind: str, text: str) -> None:
         if text:
             self._order += 1
-            tail = self._tails.setdefault(kind, _Tail(self.tail_bytes))
+            tail = self._tails.setdefault(kind, Tail(self.tail_bytes))
             self.dropped += tail.keep(self._order, text)
 
     def tail(self) -> list[tuple[str, str]]:

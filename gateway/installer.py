@@ -22,7 +22,6 @@ import math
 import os
 import socket
 import weakref
-from collections import deque
 from pathlib import Path
 from typing import Any
 
@@ -50,6 +49,7 @@ from .deps import (
 )
 from .egress import MAX_CONNECTIONS, SOURCE_CONNECTIONS, EgressProxy
 from .errors import EgressUnavailable, PetriError
+from .executions import OutputBudget, Tail
 from .models import Sandbox, iso, now
 from .registry import Registry
 from .runtimes import InstallSpec, Runtime
@@ -64,8 +64,8 @@ CA_PATH = "/etc/petri/ca-bundle.crt"
 SOCKET_PATH = "/run/petri/egress.sock"  # the proxy's socket, inside the install container
 RECORD = "deps"  # registry key (scope: sandbox id) of the last successful install
 INSTALL = "install"
-EMIT_CHARS = 1024 * 1024  # install output streamed per install; past it, only its tail
-TAIL_CHARS = 64 * 1024
+EMIT_BYTES = 1024 * 1024  # install output streamed per install; past it, only its tail
+TAIL_BYTES = 64 * 1024
 BOM_MAX_BYTES = 16 * 1024 * 1024
 TOOL_MAX_BYTES = 4 * 1024 * 1024
 # The container's own bound lags the gateway's, so the gateway's timeout is what is seen.
@@ -363,15 +363,16 @@ def _socket_dir(path: Path, *, sweep: bool = False) -> Path:
 
 
 class InstallLog:
-    """Install output as `install` events: decoded incrementally per stream, at most
-    `EMIT_CHARS` streamed, then only a tail, sent at the end."""
+    """Install output as `install` events, decoded incrementally per stream, under an
+    `OutputBudget` of its own (the one mechanism program output uses): `EMIT_BYTES` streamed,
+    then a rolling tail sent at the end. The last `TAIL_BYTES` are always kept for the
+    install's result (`tail()`: the log a failed install reports)."""
 
     def __init__(self, sink: InstallSink) -> None:
         self.sink = sink
-        self.sent = 0
-        self.cut = False
-        self._tail: deque[str] = deque()
-        self._tail_chars = 0
+        self.budget = OutputBudget(EMIT_BYTES, TAIL_BYTES)
+        self.kept = Tail(TAIL_BYTES)
+        self._order = 0
         self._decoders = {
             kind: codecs.getincrementaldecoder("utf-8")("replace") for kind in (1, STDERR)
         }
@@ -380,30 +381,28 @@ class InstallLog:
         self.say(self._decoders[kind if kind in self._decoders else 1].decode(chunk))
 
     def say(self, text: str) -> None:
-        if not text:
-            return
-        self._tail.append(text)
-        self._tail_chars += len(text)
-        while self._tail_chars - len(self._tail[0]) >= TAIL_CHARS:
-            self._tail_chars -= len(self._tail.popleft())
-        if self.sent < EMIT_CHARS:
-            self.sent += len(text)
-            _say(self.sink, text)
-        else:
-            self.cut = True
+        if self._keep(text) and (admitted := self.budget.admit(INSTALL, text)):
+            _say(self.sink, admitted)
 
     def finish(self, last: str = "") -> None:
-        """End of output: what the decoders hold, the kept end if output was cut, `last`."""
+        """End of output: what the decoders hold, the kept end if output was cut, then
+        `last`, which is always sent."""
         for decoder in self._decoders.values():
             self.say(decoder.decode(b"", final=True))
-        self.sent = 0  # `last` is always sent
-        if self.cut:
-            self.cut = False
-            _say(self.sink, "\npetri: [install output cut; its end follows]\n" + self.tail())
-        self.say(last)
+        if self.budget.truncated:
+            end = "".join(text for _, text in self.budget.tail())
+            _say(self.sink, "\npetri: [install output cut; its end follows]\n" + end)
+        if self._keep(last):
+            _say(self.sink, last)
 
     def tail(self) -> str:
-        return "".join(self._tail)[-TAIL_CHARS:]
+        return "".join(text for _, text in self.kept.chunks)
+
+    def _keep(self, text: str) -> bool:
+        if text:
+            self._order += 1
+            self.kept.keep(self._order, text)
+        return bool(text)
 
 
 def _say(sink: InstallSink, text: str) -> None:

@@ -313,8 +313,8 @@ def test_install_log_decodes_each_stream_incrementally() -> None:
 
 
 def test_install_log_is_bounded_and_keeps_its_end(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(installer, "EMIT_CHARS", 100)
-    monkeypatch.setattr(installer, "TAIL_CHARS", 50)
+    monkeypatch.setattr(installer, "EMIT_BYTES", 100)
+    monkeypatch.setattr(installer, "TAIL_BYTES", 50)
     sink = Sink()
     out = InstallLog(sink)
     for i in range(1000):

@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import re
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Annotated, Any, Literal, TypeVar
 from urllib.parse import unquote
@@ -556,6 +557,9 @@ def run_stdio(url: str | None = None, api_key: str | None = None) -> None:
 ASGIApp = Callable[[dict[str, Any], Any, Any], Awaitable[None]]
 
 
+_HOST = re.compile(r"[A-Za-z0-9.-]{1,253}(:[0-9]{1,5})?|\[[0-9A-Fa-f:.]{2,45}\](:[0-9]{1,5})?")
+
+
 class InProcessTransport(httpx.AsyncBaseTransport):
     """httpx requests served by an ASGI app in this process, the response streamed as the
     app writes it (httpx's own ASGITransport waits for the whole body: no live output).
@@ -671,9 +675,12 @@ def http_app(
     async def client_for(ctx: Context) -> AsyncIterator[AsyncClient]:
         scope = getattr(ctx.request_context.request, "scope", None) or {}
         transport = InProcessTransport(app(), scope.get("client"), scope.get("server"))
-        async with AsyncClient(
-            "http://petri.internal", _bearer(ctx), transport=transport
-        ) as client:
+        # The tools' calls carry the Host of the /mcp request they serve, which the gateway's
+        # Host check (hosts.py) and MCP's own already let in; no DNS is involved in-process.
+        host = dict(scope.get("headers", [])).get(b"host", b"").decode("latin-1")
+        if not _HOST.fullmatch(host):
+            host = "localhost"
+        async with AsyncClient(f"http://{host}", _bearer(ctx), transport=transport) as client:
             yield client
 
     server = build(client_for)

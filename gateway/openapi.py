@@ -625,7 +625,8 @@ def _teams_paths() -> dict[str, Any]:
                     "202": {"description": "a notification or response was accepted"},
                     "default": {
                         "description": "a transport error: a JSON-RPC error object (400, "
-                        "406, 415) or plain text (403 Origin, 421 Host), some without a Content-Type",
+                        "406, 415) or plain text (403 Origin, 421 Host), some without a "
+                        "Content-Type",
                         "content": {
                             "application/json": {"schema": MCP_MESSAGE},
                             "text/plain": {"schema": {"type": "string"}},

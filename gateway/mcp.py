@@ -258,8 +258,11 @@ class _Progress:
                     self.capped = True
                     await self.note("(more output: it is in the result)")
                 return
-            self.sent += len(event.text)
-            await self.note(f"{event.type}: {event.text}")
+            # An event may be large (output is coalesced up to 256 KiB): send only what the
+            # budget has left, so the notifications never exceed it.
+            text = event.text[: PROGRESS_CHARS - self.sent]
+            self.sent += len(text)
+            await self.note(f"{event.type}: {text}")
 
 
 # --- the tools ---------------------------------------------------------------------------------

@@ -170,10 +170,11 @@ class Backend(Protocol):
         env: Mapping[str, str],
         user: str,
         workdir: str = "/sandbox",
-        stdin: bytes | None = None,
+        stdin: str | None = None,
     ) -> Process:
         """Start `argv` in the container as its own killable process group, named `exec_id`
-        (the domain's id: kill_group and settle take it). `stdin` is fed, then closed."""
+        (the domain's id: kill_group and settle take it). `stdin` is a file (relative to
+        `workdir`) the program reads as its standard input; without it, an empty one."""
         ...
 
     async def kill_group(self, container_id: str, exec_id: str, user: str) -> None:

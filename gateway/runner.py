@@ -23,11 +23,13 @@ KEEPER_PROCESSES = 2  # the keeper shell and its sleep
 # Every exec runs as the leader of its own process group (Docker execs are session leaders);
 # the wrapper records that group so a kill or timeout can take the whole group down.
 # A kill that comes before the pid file is written leaves a `.kill` marker the wrapper obeys.
-# `$1` lists files of ended execs to remove on the way (their clean-up found nothing to kill).
+# `$1` lists files of ended execs to remove on the way (their clean-up found nothing to kill);
+# `$2` names the file the program reads as its stdin (none: empty, as Docker gives).
 _WRAP = (
     'echo $$ > "/tmp/.petri-$0.pid" 2>/dev/null; '
     '[ -e "/tmp/.petri-$0.kill" ] && kill -KILL $$; '
-    '[ -n "$1" ] && rm -f $1 2>/dev/null; shift; exec "$@"'
+    '[ -n "$1" ] && rm -f $1 2>/dev/null; f=$2; shift 2; '
+    '[ -n "$f" ] && exec "$@" < "$f"; exec "$@"'
 )
 # Helpers must not fork: under a fork bomb the pids limit is spent, but an exec can still
 # start (joining a cgroup ignores pids.max) and run shell builtins (`read`, `kill`) and `exec`.
@@ -68,7 +70,6 @@ _PIDS_CURRENT = tuple(
 )
 MERGE_BYTES = 256 * 1024
 HELPER_SECONDS = 15.0
-STDIN_CHUNK = 64 * 1024
 _OOM = re.compile(rb"^oom_kill (\d+)$", re.M)
 
 
@@ -143,17 +144,9 @@ def _bind(mount: Mount) -> str:
 
 # --- aiodocker internals ---------------------------------------------------------------------
 # The only place that reaches into aiodocker's private attributes. Checked against aiodocker
-# 0.27.0 (pyproject.toml bounds it below 0.28): `Stream._resp` (the aiohttp response of an
-# attached exec, whose transport half-closes stdin) and `Stream._queue` (the frames already
-# read off the socket and not yet consumed: a flood is merged from it without waiting).
-# tests/integration/test_exec.py (stdin EOF, flood merging) fails if either changes.
-
-
-def _half_close(stream: Any) -> None:
-    """Send EOF on an exec's stdin while its output keeps flowing."""
-    transport = stream._resp.connection.transport
-    if transport is not None and transport.can_write_eof():
-        transport.write_eof()
+# 0.27.0 (pyproject.toml bounds it below 0.28): `Stream._queue` (the frames already read off
+# the socket and not yet consumed: a flood is merged from it without waiting).
+# tests/integration/test_exec.py (flood merging) fails if it changes.
 
 
 def _buffered(stream: Any) -> int:
@@ -167,10 +160,9 @@ def _buffered(stream: Any) -> int:
 class _ExecProcess:
     """A running exec or attached container: demultiplexed output, then an exit code."""
 
-    def __init__(self, stream: Any, exit_code: Any, stdin: bytes | None) -> None:
+    def __init__(self, stream: Any, exit_code: Any) -> None:
         self._stream = stream
         self._exit_code = exit_code
-        self._stdin = stdin
 
     async def output(self) -> AsyncIterator[tuple[int, bytes]]:
         """Yield (STDOUT|STDERR, chunk) as Docker delivers frames, until EOF.
@@ -180,28 +172,8 @@ class _ExecProcess:
         """
         with _docker_errors("reading output"):
             async with self._stream:
-                # stdin is fed beside the reading: a program may write before it reads (or
-                # never read at all), and a blocked write must not stop its output.
-                feeder = None
-                if self._stdin is not None:
-                    feeder = asyncio.create_task(self._feed_stdin(self._stdin))
-                try:
-                    async for item in _merged(self._stream):
-                        yield item
-                finally:
-                    if feeder is not None:
-                        feeder.cancel()
-                        with contextlib.suppress(asyncio.CancelledError):
-                            await feeder
-
-    async def _feed_stdin(self, data: bytes) -> None:
-        view = memoryview(data)
-        try:
-            for at in range(0, len(view), STDIN_CHUNK):
-                await self._stream.write_in(bytes(view[at : at + STDIN_CHUNK]))
-            _half_close(self._stream)  # the program sees EOF while its output keeps flowing
-        except (OSError, RuntimeError, aiohttp.ClientError):
-            pass  # the program ended (or closed stdin) before it read everything
+                async for item in _merged(self._stream):
+                    yield item
 
     async def exit_code(self) -> int:
         with _docker_errors("reading exit code"):
@@ -341,14 +313,16 @@ class Runner:
         env: Mapping[str, str],
         user: str,
         workdir: str = "/sandbox",
-        stdin: bytes | None = None,
+        stdin: str | None = None,
     ) -> _ExecProcess:
+        # stdin is a file the wrapper redirects, never Docker's attached stdin: Docker keeps an
+        # exec's output open until its stdin copy ends, and that copy blocks for good once a
+        # program that does not read has ended (tests/integration/test_streams.py).
         forget = self._stale.pop(container_id, [])
         with _docker_errors("starting exec"):
             container = self.docker.containers.container(container_id)
             handle = await container.exec(
-                ["/bin/sh", "-c", _WRAP, exec_id, _files_of(forget), *argv],
-                stdin=stdin is not None,
+                ["/bin/sh", "-c", _WRAP, exec_id, _files_of(forget), stdin or "", *argv],
                 user=user,
                 environment=dict(env),
                 workdir=workdir,
@@ -359,7 +333,7 @@ class Runner:
             info = await handle.inspect()
             return info.get("ExitCode")
 
-        return _ExecProcess(stream, exit_code, stdin)
+        return _ExecProcess(stream, exit_code)
 
     async def kill_group(self, container_id: str, exec_id: str, user: str) -> None:
         """SIGKILL the process group of one exec (from another exec: Docker has no API)."""

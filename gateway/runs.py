@@ -30,10 +30,16 @@ from .workspace import Workspaces
 
 log = logging.getLogger("petri.runs")
 CODE_DIR = ".petri/code"
+STDIN_NAME = ".stdin"  # beside the code file; no runtime names its source so
 
 
 def code_folder(execution_id: str) -> str:
+    """An exec's scratch folder in its workspace: its `code` file and its stdin."""
     return f"{CODE_DIR}/{execution_id}"
+
+
+def stdin_file(execution_id: str) -> str:
+    return f"{code_folder(execution_id)}/{STDIN_NAME}"
 
 
 STOPPED_BY_GATEWAY = "the execution was stopped by the gateway"
@@ -80,7 +86,7 @@ class Run:
     # serve mode: while it runs, the clean-up after other execs spares its process group
     service: bool = False
     tests: TestSession | None = None  # test mode (gateway/testmode.py)
-    code_file: str | None = None  # the scratch folder of `{"code": ...}`, removed at the end
+    scratch: str | None = None  # the folder of its `code` and stdin (`code_folder`), removed
 
     def stop_as(self, ending: Ending) -> bool:
         """Record why the run is stopped; False if a reason was already recorded."""
@@ -131,8 +137,8 @@ class Runs:
         self, run: Run, sandbox: Sandbox, runtime: Runtime, body: ExecBody, seconds: float
     ) -> None:
         self.live[run.execution.id] = run
-        if body.code is not None:
-            run.code_file = code_folder(run.execution.id)
+        if body.code is not None or body.stdin is not None:
+            run.scratch = code_folder(run.execution.id)
         if body.test:
             run.tests = TestSession(
                 settings=self.settings,
@@ -215,13 +221,20 @@ class Runs:
     # --- the code file of `{"code": ...}` ---------------------------------------------------
 
     def write_code(self, sandbox_id: str, execution_id: str, runtime: Runtime, code: str) -> str:
-        """Write an exec's `code` into its scratch folder; the path, relative to the workspace.
-        The folder goes when the run ended (`_after`), or with `discard_code` when the exec
-        was refused before it started."""
+        """Write an exec's `code` into its scratch folder; the path, relative to the workspace."""
         path = f"{code_folder(execution_id)}/{runtime.source_file}"
-        workspace = self.workspaces.get(sandbox_id)
+        return self._write_scratch(sandbox_id, execution_id, path, code.encode())
+
+    def write_stdin(self, sandbox_id: str, execution_id: str, stdin: str) -> str:
+        """Write an exec's `stdin` into its scratch folder, for the program to read."""
+        path = stdin_file(execution_id)
+        return self._write_scratch(sandbox_id, execution_id, path, stdin.encode())
+
+    def _write_scratch(self, sandbox_id: str, execution_id: str, path: str, data: bytes) -> str:
+        """The folder goes when the run ended (`_after`), or with `discard_code` when the exec
+        was refused before it started."""
         try:
-            workspace.write(path, code.encode(), len(code) * 4 + 1)
+            self.workspaces.get(sandbox_id).write(path, data, len(data))
         except BaseException:  # e.g. the quota is full: leave no empty folder behind
             self.discard_code(sandbox_id, execution_id)
             raise
@@ -291,7 +304,6 @@ class Runs:
                 **sandbox.env,
                 **run.env,
             }
-            stdin = body.stdin.encode() if body.stdin is not None else None
             await self._settled(sandbox.id)
             run.container_id = container_id
             if run.tests is not None:  # test mode: the runner's argv, the app answering (§9)
@@ -302,7 +314,7 @@ class Runs:
                 execution.argv,
                 env=env,
                 user=self.settings.sandbox_user,
-                stdin=stdin,
+                stdin=stdin_file(execution.id) if body.stdin is not None else None,
             )
             if run.tests is not None:
                 proc = run.tests.watch(proc)
@@ -359,15 +371,15 @@ class Runs:
                 if run.tests is not None:  # the app never outlives its run
                     await run.tests.close()
             finally:
-                scratch = run.code_file
+                scratch = [run.scratch] if run.scratch is not None else []
                 if run.tests is not None:  # the runner's report folder
-                    scratch = run.tests.report_dir
+                    scratch.append(run.tests.report_dir)
                 self._finish(run, sandbox.id, scratch)
 
-    def _finish(self, run: Run, sandbox_id: str, scratch: str | None) -> None:
+    def _finish(self, run: Run, sandbox_id: str, scratch: list[str]) -> None:
         """A run's ending, whatever happened before and whatever its clean-up meets: one
         terminal event, out of `live`, `stopped` set, and the clean-up (leftover processes,
-        then the scratch folder, in a thread) scheduled. Each step is guarded on its own."""
+        then the scratch folders, in a thread) scheduled. Each step is guarded on its own."""
         eid = run.execution.id
         if run.log.terminal is None:  # `_end` itself failed (e.g. the registry)
             try:
@@ -498,10 +510,10 @@ class Runs:
         if task is not None:
             await asyncio.wait({task})
 
-    def _after(self, sandbox_id: str, run: Run, scratch: str | None) -> None:
+    def _after(self, sandbox_id: str, run: Run, scratch: list[str]) -> None:
         """Once an exec ended, kill what it left behind (its group; with no other exec running
         in the sandbox, every process of the sandbox user), so a fork bomb or a stray daemon
-        cannot hold the sandbox's pids, memory or CPU; then remove its `scratch` folder (in
+        cannot hold the sandbox's pids, memory or CPU; then remove its `scratch` folders (in
         a thread, bounded in time: it may hold a huge or deep tree). Runs after the terminal
         event; the sandbox's next exec waits for it (the backend makes that cheap when
         nothing was left behind)."""
@@ -515,8 +527,8 @@ class Runs:
                     await self._kill_leftovers(sandbox_id, run)
             except Exception:
                 log.exception("clean-up after %s failed", run.execution.id)
-            if scratch is not None:
-                await self._remove_scratch(sandbox_id, scratch)
+            for folder in scratch:
+                await self._remove_scratch(sandbox_id, folder)
 
         task = asyncio.create_task(settle())
         self._settling[sandbox_id] = task

@@ -301,6 +301,8 @@ class Sandboxes:
         masker = Masker(values) if values else None
         argv = self._argv(sandbox, runtime, body, execution_id)  # the last check; writes `code`
         try:
+            if body.stdin is not None:
+                self.runs.write_stdin(sandbox.id, execution_id, body.stdin)
             execution = Execution(
                 execution_id, sandbox.id, argv, test=body.test, idempotency_key=idempotency_key
             )
@@ -335,8 +337,8 @@ class Sandboxes:
             # does.
             with_secrets = dataclasses.replace(sandbox, env={**sandbox.env, **sandbox_secrets})
             self.runs.start(run, with_secrets, runtime, body, timeout)
-        except BaseException:  # it never started: no code file stays behind
-            if body.code is not None:
+        except BaseException:  # it never started: no code or stdin file stays behind
+            if body.code is not None or body.stdin is not None:
                 self.runs.discard_code(sandbox.id, execution_id)
             raise
         return run

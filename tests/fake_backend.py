@@ -154,13 +154,16 @@ class FakeBackend:
         env: Mapping[str, str],
         user: str,
         workdir: str = "/sandbox",
-        stdin: bytes | None = None,
+        stdin: str | None = None,
     ) -> FakeProcess:
         self.calls.append(("exec", (container_id, exec_id)))
         c = self._find(container_id)
         if not c.running:
             raise NotFound(f"container {container_id} is not running", code="docker_not_found")
-        proc = FakeProcess(exec_id, list(argv), dict(env), stdin)
+        fed = None
+        if stdin is not None:  # a file of the workspace, as the Docker backend reads it
+            fed = (c.workspace / stdin).read_bytes() if c.workspace is not None else b""
+        proc = FakeProcess(exec_id, list(argv), dict(env), fed)
         c.execs[exec_id] = proc
         if exec_id in c.kill_marks:  # a kill came before the exec started
             proc.killed.set()

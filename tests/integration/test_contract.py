@@ -107,6 +107,7 @@ def test_an_empty_body_without_a_content_type_is_an_empty_object(client: httpx.C
         {"code": "print(1)", "wait": False, "timeout_seconds": 10**6},
         {"filename": "missing.py", "timeout_seconds": 10**6},
         {"filename": "missing.py"},
+        {"code": "print(1)", "stdin": "x" * 1000, "timeout_seconds": 10**6},
     ],
 )
 def test_a_refused_exec_leaves_the_workspace_as_it_was(

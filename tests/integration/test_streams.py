@@ -198,11 +198,14 @@ def test_stdin_reaches_python_and_without_stdin_it_sees_eof(
 def test_stdin_a_program_does_not_read_is_harmless(
     client: httpx.Client, sandbox: dict[str, Any]
 ) -> None:
-    r = client.post(
-        f"/v1/sandboxes/{sandbox['id']}/exec",
-        json={"command": "echo done", "stdin": "y" * (900 * 1024)},
-    )
-    assert r.json()["stdout"] == "done\n" and r.json()["exit_code"] == 0, r.json()
+    # The program ends while stdin is still being written: a race between the gateway's
+    # writes and Docker closing the socket, so it is run often enough to meet it.
+    for _ in range(25):
+        r = client.post(
+            f"/v1/sandboxes/{sandbox['id']}/exec",
+            json={"command": "echo done", "stdin": "y" * (900 * 1024)},
+        )
+        assert r.json()["stdout"] == "done\n" and r.json()["exit_code"] == 0, r.json()
 
 
 def test_idempotency_key_returns_the_same_execution_sequentially(

@@ -140,11 +140,13 @@ async def test_code_runs_from_a_scratch_file_the_run_removes(tmp_path: Path) -> 
         assert not (tmp_path / "ws" / sb.id / CODE_DIR / execution.id).exists()
 
 
-async def test_stdin_reaches_the_program(tmp_path: Path) -> None:
+async def test_stdin_reaches_the_program_from_a_scratch_file_the_run_removes(tmp_path: Path) -> None:
     async with domain(tmp_path) as (sandboxes, _):
         sb = await sandboxes.create(CreateSandbox(language="python"))
-        events, _ = await run(sandboxes, sb.id, command="cat", stdin="fed\n")
+        events, execution = await run(sandboxes, sb.id, command="cat", stdin="fed\n")
         assert texts(events, "stdout") == "fed\n"
+        await sandboxes.runs.settle_all(5)  # stdin was a scratch file, gone with the run
+        assert not (tmp_path / "ws" / sb.id / CODE_DIR / execution.id).exists()
 
 
 async def test_kill_ends_a_hanging_run_as_killed_and_a_second_kill_is_409(

@@ -140,7 +140,7 @@ async def test_code_runs_from_a_scratch_file_the_run_removes(tmp_path: Path) -> 
         assert not (tmp_path / "ws" / sb.id / CODE_DIR / execution.id).exists()
 
 
-async def test_stdin_reaches_the_program_from_a_scratch_file_the_run_removes(tmp_path: Path) -> None:
+async def test_stdin_comes_from_a_scratch_file_the_run_removes(tmp_path: Path) -> None:
     async with domain(tmp_path) as (sandboxes, _):
         sb = await sandboxes.create(CreateSandbox(language="python"))
         events, execution = await run(sandboxes, sb.id, command="cat", stdin="fed\n")

@@ -1,11 +1,11 @@
 """The event log of one execution: ids 1..n, the output budget, fan-out to any number of
 followers, and batched persistence so a follower can replay from any id, live or later.
 
-With persistence on, followers only ever see events that are already in SQLite (a batch is
-committed `FLUSH_IDLE_SECONDS` after its first event when output is sparse, at most every
-`FLUSH_SECONDS` under load; output of one kind nobody has seen yet is coalesced meanwhile):
-whatever id a client saw survives a gateway crash, so after a restart the `interrupted` event
-always comes after it. Memory per
+With persistence on, followers only ever see events that are already in SQLite. A batch is
+committed on the loop's next turn after its first event when output is sparse (what arrived
+in the same turn joins it), at most every `FLUSH_SECONDS` under load; output of one kind
+nobody has seen yet is coalesced meanwhile. Whatever id a client saw survives a gateway
+crash, so after a restart the `interrupted` event always comes after it. Memory per
 execution is bounded: the in-memory window holds at most `WINDOW_EVENTS` events and
 `WINDOW_BYTES` of text; a follower that falls behind it reads from SQLite.
 """
@@ -28,7 +28,6 @@ from .vault import Masker
 
 log = logging.getLogger("petri.executions")
 FLUSH_SECONDS = 0.02
-FLUSH_IDLE_SECONDS = 0.005  # a first event after a pause: joins writes microseconds apart
 FLUSH_EVENTS = 256
 FLUSH_BYTES = 1024 * 1024
 WINDOW_EVENTS = 1024
@@ -197,8 +196,7 @@ class ExecutionLog:
             elif self._flush_handle is None:
                 loop = asyncio.get_running_loop()
                 due = self._flushed_at + FLUSH_SECONDS - time.monotonic()
-                delay = max(FLUSH_IDLE_SECONDS, due)
-                self._flush_handle = loop.call_later(delay, self.flush)
+                self._flush_handle = loop.call_later(max(0.0, due), self.flush)
         if event.terminal:
             self.done.set()
         return event

@@ -65,6 +65,13 @@ class RunnerError(PetriError):
     status, code = 502, "runner_error"
 
 
+class ContainerGone(RunnerError):
+    """An exec found its container stopped or removed: the caller replaces it and retries
+    (`Containers.ensure`), so an exec need not ask the engine first."""
+
+    code = "container_gone"
+
+
 class AppFailed(PetriError):
     """Test mode: the app under test exited (`app_exited`) or never answered on its port
     (`app_not_ready`). It ends an execution as its `error` event, never an HTTP answer."""

@@ -17,7 +17,7 @@ import aiodocker
 import aiohttp
 
 from .backend import STDERR, STDOUT, ContainerSpec, Found, Mount
-from .errors import DockerUnavailable, NotFound, RunnerError
+from .errors import ContainerGone, DockerUnavailable, NotFound, RunnerError
 
 KEEPER_PROCESSES = 2  # the keeper shell and its sleep
 # Every exec runs as the leader of its own process group (Docker execs are session leaders);
@@ -321,12 +321,17 @@ class Runner:
         forget = self._stale.pop(container_id, [])
         with _docker_errors("starting exec"):
             container = self.docker.containers.container(container_id)
-            handle = await container.exec(
-                ["/bin/sh", "-c", _WRAP, exec_id, _files_of(forget), stdin or "", *argv],
-                user=user,
-                environment=dict(env),
-                workdir=workdir,
-            )
+            try:
+                handle = await container.exec(
+                    ["/bin/sh", "-c", _WRAP, exec_id, _files_of(forget), stdin or "", *argv],
+                    user=user,
+                    environment=dict(env),
+                    workdir=workdir,
+                )
+            except aiodocker.DockerError as exc:
+                if exc.status in (404, 409):  # removed, or not running (Docker's 409)
+                    raise ContainerGone(f"container {container_id[:12]}: {exc.message}") from None
+                raise
             stream = handle.start(detach=False)
 
         async def exit_code() -> int | None:

@@ -19,7 +19,7 @@ from .backend import STDOUT, Backend, Process
 from .config import Settings
 from .containers import Containers
 from .deps import Installer, InstallResult, missing_modules
-from .errors import NotFound, PetriError
+from .errors import ContainerGone, NotFound, PetriError
 from .events import ErrorData, ExitData, Terminal
 from .executions import ExecutionLog
 from .models import ExecBody, Execution, ExecutionStatus, Sandbox, now
@@ -277,7 +277,8 @@ class Runs:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + seconds
         try:
-            container_id = await self.containers.ensure(sandbox)
+            # Test mode execs into the container before the program (its app): checked first.
+            container_id = await self.containers.ensure(sandbox, trust=run.tests is None)
             run.install = await self._install(run, sandbox, runtime, deadline)
             if run.ending is not None and run.ending.error is not None:
                 self._end(run, "failed", run.ending.error)
@@ -308,14 +309,12 @@ class Runs:
             run.container_id = container_id
             if run.tests is not None:  # test mode: the runner's argv, the app answering (§9)
                 env = await run.tests.begin(container_id, env, lambda: run.stopping, deadline)
-            proc = await self.backend.exec(
-                container_id,
-                execution.id,
-                execution.argv,
-                env=env,
-                user=self.settings.sandbox_user,
-                stdin=stdin_file(execution.id) if body.stdin is not None else None,
-            )
+            stdin = stdin_file(execution.id) if body.stdin is not None else None
+            proc = await self._exec(run, sandbox, env, stdin)
+            if proc is None:  # killed while its dead container was replaced
+                self._end(run, "killed", ExitData(137, killed=True, signal="SIGKILL"))
+                return
+            container_id = run.container_id
             if run.tests is not None:
                 proc = run.tests.watch(proc)
             timed_out = await self._pump(run, proc, max(0.0, deadline - loop.time()))
@@ -396,6 +395,27 @@ class Runs:
             self.registry.touch_sandbox(sandbox_id, now())
         except Exception:
             log.exception("execution %s: sandbox not touched", eid)
+
+    async def _exec(
+        self, run: Run, sandbox: Sandbox, env: dict[str, str], stdin: str | None
+    ) -> Process | None:
+        """Start the program in `run.container_id`, trusted without an inspect; if it died
+        since its last exec, in its replacement (workspace intact). None when a kill came
+        meanwhile (it reached the dead container)."""
+        execution, user = run.execution, self.settings.sandbox_user
+        try:
+            return await self.backend.exec(
+                run.container_id, execution.id, execution.argv, env=env, user=user, stdin=stdin
+            )
+        except ContainerGone:
+            run.container_id = await self.containers.ensure(sandbox)
+        if run.killed:
+            return None
+        if run.interrupted:
+            raise asyncio.CancelledError
+        return await self.backend.exec(
+            run.container_id, execution.id, execution.argv, env=env, user=user, stdin=stdin
+        )
 
     async def _install(
         self, run: Run, sandbox: Sandbox, runtime: Runtime, deadline: float

@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from gateway.backend import STDERR, STDOUT, Backend, ContainerSpec, Found
-from gateway.errors import NotFound
+from gateway.errors import ContainerGone, NotFound
 
 KILLED = 137
 
@@ -119,6 +119,7 @@ class FakeBackend:
         return proc
 
     async def is_running(self, container_id: str) -> bool:
+        self.calls.append(("is_running", (container_id,)))
         try:
             return self._find(container_id).running
         except NotFound:
@@ -157,9 +158,9 @@ class FakeBackend:
         stdin: str | None = None,
     ) -> FakeProcess:
         self.calls.append(("exec", (container_id, exec_id)))
-        c = self._find(container_id)
-        if not c.running:
-            raise NotFound(f"container {container_id} is not running", code="docker_not_found")
+        c = next((c for c in self.containers.values() if c.id == container_id), None)
+        if c is None or not c.running:  # as Docker's 404 / 409
+            raise ContainerGone(f"container {container_id} is not running")
         fed = None
         if stdin is not None:  # a file of the workspace, as the Docker backend reads it
             fed = (c.workspace / stdin).read_bytes() if c.workspace is not None else b""

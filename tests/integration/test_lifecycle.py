@@ -401,3 +401,23 @@ def test_sigterm_ends_open_streams_with_a_terminal_event(
             ]
     finally:
         gw.stop()
+
+
+def test_a_stopped_container_is_replaced_at_the_next_exec_and_the_run_is_not_lost(
+    gateway: Gateway, client: httpx.Client, sandbox: dict[str, Any]
+) -> None:
+    # An exec trusts the recorded container without an inspect; one that was stopped (not
+    # removed: Docker answers the exec with 409) or removed (404) is replaced and the exec
+    # runs in the new one, once, with the workspace intact.
+    sid = sandbox["id"]
+    assert client.put(f"/v1/sandboxes/{sid}/files/keep.txt", content=b"kept").status_code == 201
+    for how in (["kill"], ["rm", "-f"]):
+        name = container_name(gateway, sid)
+        before = docker_ids(f"name=^{name}$")
+        subprocess.run(["docker", *how, name], check=True, capture_output=True)
+        r = client.post(f"/v1/sandboxes/{sid}/exec", json={"command": "cat keep.txt; echo >> runs"})
+        assert r.status_code == 200 and r.json()["stdout"] == "kept", (how, r.json())
+        assert r.json()["exit_code"] == 0
+        assert docker_ids(f"name=^{name}$") not in ([], before)
+    runs = client.post(f"/v1/sandboxes/{sid}/exec", json={"command": "wc -l < runs"}).json()
+    assert runs["stdout"] == "2\n", runs  # each exec ran exactly once

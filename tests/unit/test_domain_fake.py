@@ -131,6 +131,19 @@ async def test_output_arrives_demultiplexed_and_the_run_ends_once(tmp_path: Path
         assert (execution.status, execution.exit_code) == ("exited", 3)
 
 
+async def test_an_exec_trusts_its_container_and_replaces_a_dead_one(tmp_path: Path) -> None:
+    async with domain(tmp_path) as (sandboxes, fake):
+        sb = await sandboxes.create(CreateSandbox(language="python"))
+        events, _ = await run(sandboxes, sb.id, command="echo one")
+        assert texts(events, "stdout") == "one\n"
+        assert not [c for c in fake.calls if c[0] == "is_running"]  # no inspect per exec
+        fake.containers[sb.container_id].running = False  # it died between two execs
+        events, _ = await run(sandboxes, sb.id, command="echo two")
+        assert texts(events, "stdout") == "two\n"
+        fresh = sandboxes.get(sb.id).container_id
+        assert fresh != sb.container_id and fake.containers[fresh].running
+
+
 async def test_code_runs_from_a_scratch_file_the_run_removes(tmp_path: Path) -> None:
     async with domain(tmp_path) as (sandboxes, _):
         sb = await sandboxes.create(CreateSandbox(language="python"))

@@ -44,6 +44,7 @@ def stdin_file(execution_id: str) -> str:
 
 STOPPED_BY_GATEWAY = "the execution was stopped by the gateway"
 STOPPED_BEFORE_IT_RAN = "the execution was stopped before it ran"
+KILLED_BEFORE_IT_RAN = ExitData(137, killed=True, signal="SIGKILL")  # as if SIGKILLed at once
 SCRATCH_SECONDS = 60.0  # removing one run's scratch folder
 KILL_GRACE_SECONDS = 2.0
 INSTALL_STOP_SECONDS = 15.0  # how long a kill waits for a cancelled install to clean up
@@ -218,7 +219,7 @@ class Runs:
                     await asyncio.wait_for(asyncio.shield(run.task), 5)
         await self.settle_all(5)
 
-    # --- the code file of `{"code": ...}` ---------------------------------------------------
+    # --- the scratch folder: the file of `{"code": ...}`, and stdin -------------------------
 
     def write_code(self, sandbox_id: str, execution_id: str, runtime: Runtime, code: str) -> str:
         """Write an exec's `code` into its scratch folder; the path, relative to the workspace."""
@@ -231,16 +232,16 @@ class Runs:
         return self._write_scratch(sandbox_id, execution_id, path, stdin.encode())
 
     def _write_scratch(self, sandbox_id: str, execution_id: str, path: str, data: bytes) -> str:
-        """The folder goes when the run ended (`_after`), or with `discard_code` when the exec
-        was refused before it started."""
+        """The folder goes when the run ended (`_after`), or with `discard_scratch` when the
+        exec was refused before it started."""
         try:
             self.workspaces.get(sandbox_id).write(path, data, len(data))
         except BaseException:  # e.g. the quota is full: leave no empty folder behind
-            self.discard_code(sandbox_id, execution_id)
+            self.discard_scratch(sandbox_id, execution_id)
             raise
         return path
 
-    def discard_code(self, sandbox_id: str, execution_id: str) -> None:
+    def discard_scratch(self, sandbox_id: str, execution_id: str) -> None:
         with contextlib.suppress(PetriError):
             self.workspaces.get(sandbox_id).delete(code_folder(execution_id))
 
@@ -286,7 +287,7 @@ class Runs:
             if run.interrupted or (run.install is None and not run.killed):
                 raise asyncio.CancelledError
             if run.killed:  # killed before it started: as if SIGKILLed at once
-                self._end(run, "killed", ExitData(137, killed=True, signal="SIGKILL"))
+                self._end(run, "killed", KILLED_BEFORE_IT_RAN)
                 return
             if run.install is not None and run.install.status == "failed":
                 execution.timed_out = run.install.timed_out
@@ -312,7 +313,7 @@ class Runs:
             stdin = stdin_file(execution.id) if body.stdin is not None else None
             proc = await self._exec(run, sandbox, env, stdin)
             if proc is None:  # killed while its dead container was replaced
-                self._end(run, "killed", ExitData(137, killed=True, signal="SIGKILL"))
+                self._end(run, "killed", KILLED_BEFORE_IT_RAN)
                 return
             container_id = run.container_id
             if run.tests is not None:
@@ -403,19 +404,21 @@ class Runs:
         since its last exec, in its replacement (workspace intact). None when a kill came
         meanwhile (it reached the dead container)."""
         execution, user = run.execution, self.settings.sandbox_user
-        try:
+
+        async def start() -> Process:
             return await self.backend.exec(
                 run.container_id, execution.id, execution.argv, env=env, user=user, stdin=stdin
             )
+
+        try:
+            return await start()
         except ContainerGone:
             run.container_id = await self.containers.ensure(sandbox)
         if run.killed:
             return None
         if run.interrupted:
             raise asyncio.CancelledError
-        return await self.backend.exec(
-            run.container_id, execution.id, execution.argv, env=env, user=user, stdin=stdin
-        )
+        return await start()
 
     async def _install(
         self, run: Run, sandbox: Sandbox, runtime: Runtime, deadline: float

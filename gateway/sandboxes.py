@@ -339,7 +339,7 @@ class Sandboxes:
             self.runs.start(run, with_secrets, runtime, body, timeout)
         except BaseException:  # it never started: no code or stdin file stays behind
             if body.code is not None or body.stdin is not None:
-                self.runs.discard_code(sandbox.id, execution_id)
+                self.runs.discard_scratch(sandbox.id, execution_id)
             raise
         return run
 

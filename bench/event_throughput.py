@@ -203,7 +203,7 @@ def bench_mode(
                 result.mode, result.rss_before, result.rss_peak = mode, before, sampler.peak
                 if persist:
                     result.replay_seconds = replay_seconds(client, sid, total)
-                    db = gw.data_dir / "petri.sqlite3"
+                    db = gw.data_dir / "events.sqlite3"
                     wal = db.with_name(db.name + "-wal")
                     result.db_mb = db.stat().st_size / 2**20
                     result.wal_mb = (wal.stat().st_size if wal.exists() else 0) / 2**20
@@ -253,7 +253,10 @@ def main() -> int:
     )
     for r in results:
         if r.db_mb is not None:
-            print(f"SQLite after the first {r.mode} run: {r.db_mb:.0f} MiB, WAL {r.wal_mb:.0f} MiB")
+            print(
+                f"events.sqlite3 after the first {r.mode} run: {r.db_mb:.0f} MiB, "
+                f"WAL {r.wal_mb:.0f} MiB"
+            )
             break
     from bench.exec_latency import save
 

@@ -7,8 +7,9 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
-from json.encoder import encode_basestring_ascii as _escape
 from typing import Any
+
+import orjson
 
 START, INSTALL, STDOUT, STDERR, EXIT, ERROR, TRUNCATED = (
     "start",
@@ -23,6 +24,7 @@ START, INSTALL, STDOUT, STDERR, EXIT, ERROR, TRUNCATED = (
 APP, READY, REPORT = "app", "ready", "report"
 TERMINAL = frozenset({EXIT, ERROR})
 _LINE_BREAKS = {0x85: "\\u0085", 0x2028: "\\u2028", 0x2029: "\\u2029"}
+_LINE_BREAK_BYTES = [(chr(c).encode(), e.encode()) for c, e in _LINE_BREAKS.items()]
 OUTPUT = frozenset({STDOUT, STDERR})
 
 
@@ -40,42 +42,31 @@ class Event:
         return self.type in TERMINAL
 
     def data_json(self) -> str:
-        if self.raw is not None:
-            return self.raw
-        text = _flat_ascii_json(self.data)
-        if text is not None:
-            object.__setattr__(self, "raw", text)
-            return text
-        text = json.dumps(self.data, ensure_ascii=False, separators=(",", ":"))
-        # JSON may carry U+0085, U+2028 and U+2029 raw, but many line readers (Python's
-        # `splitlines`, httpx's `iter_lines`) break lines there: escape them (a program's
-        # binary output holds them), so one event is one line for every reader.
-        if not text.isascii():
-            text = text.translate(_LINE_BREAKS)
-        object.__setattr__(self, "raw", text)
-        return text
+        if self.raw is None:
+            object.__setattr__(self, "raw", _json(self.data))
+        assert self.raw is not None
+        return self.raw
 
     def sse(self) -> bytes:
         """The event as SSE bytes. The data is one JSON line, so no `\\r`/`\\n` can split it."""
         return f"id: {self.id}\nevent: {self.type}\ndata: {self.data_json()}\n\n".encode()
 
 
-def _flat_ascii_json(data: dict[str, Any]) -> str | None:
-    """`json.dumps(data, separators=(",", ":"))` for the common case, an output event: keys
-    and string values all ASCII but DEL, other values ints. The same bytes, twice as fast (the C
-    ASCII escaper skips the UTF-8 bookkeeping); None for anything else."""
-    parts = []
-    for key, value in data.items():
-        if type(value) is str and value.isascii() and "\x7f" not in value:
-            encoded = _escape(value)
-        elif type(value) is int:
-            encoded = str(value)
-        else:
-            return None
-        if not key.isascii():
-            return None
-        parts.append(f"{_escape(key)}:{encoded}")
-    return "{" + ",".join(parts) + "}"
+def _json(data: dict[str, Any]) -> str:
+    """`data` as one line of compact JSON. orjson escapes strings ~5x faster than `json` (a
+    64 MiB stream's output is mostly this); `json` takes what orjson refuses (integers past
+    64 bits, lone surrogates). JSON may carry U+0085, U+2028 and U+2029 raw, but many line
+    readers (Python's `splitlines`, httpx's `iter_lines`) break lines there: they are
+    escaped (a program's binary output holds them), so one event is one line for every reader."""
+    try:
+        raw = orjson.dumps(data)
+    except TypeError:  # orjson.JSONEncodeError is one
+        text = json.dumps(data, ensure_ascii=False, separators=(",", ":"))
+        return text if text.isascii() else text.translate(_LINE_BREAKS)
+    if not raw.isascii():
+        for char, escaped in _LINE_BREAK_BYTES:
+            raw = raw.replace(char, escaped)
+    return raw.decode()
 
 
 def keepalive() -> bytes:

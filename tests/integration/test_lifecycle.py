@@ -19,7 +19,7 @@ from typing import Any
 import httpx
 import pytest
 
-from gateway.registry import instance_id
+from gateway.registry import EVENTS_FILE, instance_id
 from gateway.runtimes import load_runtimes
 from tests.conftest import (
     RUNTIMES,
@@ -68,6 +68,7 @@ def container_running(name: str) -> bool:
 def db_count(gw: Gateway, sql: str, *args: Any) -> int:
     """Read the registry directly (does not count as activity on the sandbox)."""
     with sqlite3.connect(gw.data_dir / "petri.sqlite3", timeout=10) as db:
+        db.execute("ATTACH DATABASE ? AS log", (str(gw.data_dir / EVENTS_FILE),))
         return int(db.execute(sql, args).fetchone()[0])
 
 

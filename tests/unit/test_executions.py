@@ -13,7 +13,7 @@ from gateway import events as ev
 from gateway import executions
 from gateway.events import Event
 from gateway.executions import ExecutionLog, OutputBudget, replay
-from gateway.registry import Registry
+from gateway.registry import EVENTS_FILE, Registry
 
 
 class CountingRegistry(Registry):
@@ -276,7 +276,57 @@ async def test_the_wal_is_checkpointed_off_the_writer(registry: CountingRegistry
         log.output(KINDS[i % 2], b"w" * 65536)
     log.emit(ev.EXIT, {"exit_code": 0})
     deadline = asyncio.get_running_loop().time() + 10
-    while registry.path.stat().st_size < 20 * 2**20:
+    events_file = registry.path.with_name(EVENTS_FILE)
+    while events_file.stat().st_size < 20 * 2**20:
         assert asyncio.get_running_loop().time() < deadline, "the WAL was never checkpointed"
         await asyncio.sleep(0.05)
     assert registry.last_event_id("ex-1") == 401
+
+
+def test_events_live_in_a_file_of_their_own_with_large_pages(tmp_path: Path) -> None:
+    registry = Registry(tmp_path)
+    try:
+        registry.append_events("ex-1", [Event(1, ev.STDOUT, {"text": "x" * 300_000})])
+        assert registry.events("ex-1")[0].data["text"] == "x" * 300_000
+        tables = registry.db.execute("SELECT name FROM main.sqlite_master").fetchall()
+        assert ("events",) not in tables
+        assert registry.db.execute("PRAGMA log.page_size").fetchone()[0] == 64 * 1024
+        assert registry.db.execute("PRAGMA page_size").fetchone()[0] == 4096
+    finally:
+        registry.close()
+
+
+def test_a_data_dir_from_before_the_events_file_keeps_its_events(tmp_path: Path) -> None:
+    """Events stored in the registry's own file (before `events.sqlite3`) move there once;
+    an interrupted move (rows in both) is finished without duplicates."""
+    import sqlite3
+
+    old = sqlite3.connect(tmp_path / "petri.sqlite3")
+    old.execute(
+        "CREATE TABLE events (execution_id TEXT NOT NULL, id INTEGER NOT NULL, "
+        "type TEXT NOT NULL, data TEXT NOT NULL, PRIMARY KEY (execution_id, id)) WITHOUT ROWID"
+    )
+    old.executemany(
+        "INSERT INTO events VALUES (?, ?, ?, ?)",
+        [("ex-1", 1, "stdout", '{"text":"a"}'), ("ex-1", 2, "exit", '{"exit_code":0}')],
+    )
+    old.commit()
+    old.close()
+    half = sqlite3.connect(tmp_path / EVENTS_FILE)  # the move got as far as one row
+    half.execute(
+        "CREATE TABLE events (execution_id TEXT NOT NULL, id INTEGER NOT NULL, "
+        "type TEXT NOT NULL, data TEXT NOT NULL, PRIMARY KEY (execution_id, id)) WITHOUT ROWID"
+    )
+    half.execute("INSERT INTO events VALUES ('ex-1', 1, 'stdout', '{\"text\":\"a\"}')")
+    half.commit()
+    half.close()
+    for _ in range(2):  # and a second start changes nothing
+        registry = Registry(tmp_path)
+        try:
+            assert [(e.id, e.type, e.data) for e in registry.events("ex-1")] == [
+                (1, ev.STDOUT, {"text": "a"}),
+                (2, ev.EXIT, {"exit_code": 0}),
+            ]
+            assert registry.last_event_id("ex-1") == 2
+        finally:
+            registry.close()

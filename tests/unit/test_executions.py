@@ -328,5 +328,8 @@ def test_a_data_dir_from_before_the_events_file_keeps_its_events(tmp_path: Path)
                 (2, ev.EXIT, {"exit_code": 0}),
             ]
             assert registry.last_event_id("ex-1") == 2
+            # Stored as text then (new rows are UTF-8 bytes): sent the same way.
+            sent = registry.events("ex-1")[0].sse()
+            assert sent == b'id: 1\nevent: stdout\ndata: {"text":"a"}\n\n'
         finally:
             registry.close()

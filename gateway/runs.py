@@ -38,6 +38,11 @@ def code_folder(execution_id: str) -> str:
     return f"{CODE_DIR}/{execution_id}"
 
 
+def code_file(execution_id: str, runtime: Runtime) -> str:
+    """Where an exec's `code` is written, relative to the workspace."""
+    return f"{code_folder(execution_id)}/{runtime.source_file}"
+
+
 def stdin_file(execution_id: str) -> str:
     return f"{code_folder(execution_id)}/{STDIN_NAME}"
 
@@ -221,25 +226,35 @@ class Runs:
 
     # --- the scratch folder: the file of `{"code": ...}`, and stdin -------------------------
 
-    def write_code(self, sandbox_id: str, execution_id: str, runtime: Runtime, code: str) -> str:
-        """Write an exec's `code` into its scratch folder; the path, relative to the workspace."""
-        path = f"{code_folder(execution_id)}/{runtime.source_file}"
-        return self._write_scratch(sandbox_id, execution_id, path, code.encode())
+    async def write_scratch(
+        self, sandbox_id: str, execution_id: str, runtime: Runtime, body: ExecBody
+    ) -> None:
+        """Write an exec's `code` and `stdin` (up to 16 MiB each) into its scratch folder, in
+        a thread. The folder goes when the run ended (`_after`), or with `discard_scratch`
+        when the exec was refused before it started; a failed write leaves none."""
+        workspace = self.workspaces.get(sandbox_id)
+        files = []
+        if body.code is not None:
+            files.append((code_file(execution_id, runtime), body.code))
+        if body.stdin is not None:
+            files.append((stdin_file(execution_id), body.stdin))
 
-    def write_stdin(self, sandbox_id: str, execution_id: str, stdin: str) -> str:
-        """Write an exec's `stdin` into its scratch folder, for the program to read."""
-        path = stdin_file(execution_id)
-        return self._write_scratch(sandbox_id, execution_id, path, stdin.encode())
+        def write() -> None:
+            try:
+                for path, text in files:
+                    data = text.encode()
+                    workspace.write(path, data, len(data))
+            except BaseException:  # e.g. the quota is full: leave no empty folder behind
+                with contextlib.suppress(PetriError):
+                    workspace.delete(code_folder(execution_id))
+                raise
 
-    def _write_scratch(self, sandbox_id: str, execution_id: str, path: str, data: bytes) -> str:
-        """The folder goes when the run ended (`_after`), or with `discard_scratch` when the
-        exec was refused before it started."""
+        done = asyncio.get_running_loop().run_in_executor(None, write)
         try:
-            self.workspaces.get(sandbox_id).write(path, data, len(data))
-        except BaseException:  # e.g. the quota is full: leave no empty folder behind
-            self.discard_scratch(sandbox_id, execution_id)
+            await asyncio.shield(done)
+        except asyncio.CancelledError:  # the request went: the folder goes once written
+            done.add_done_callback(lambda _: self.discard_scratch(sandbox_id, execution_id))
             raise
-        return path
 
     def discard_scratch(self, sandbox_id: str, execution_id: str) -> None:
         with contextlib.suppress(PetriError):
@@ -497,7 +512,6 @@ class Runs:
         container_id = run.container_id or (sandbox.container_id if sandbox else "")
         if container_id:
             await self.stop_exec(container_id, run.execution.id, lambda: run.reader, sandbox_id)
-
 
     async def stop_exec(
         self,

@@ -24,7 +24,7 @@ from .executions import ExecutionLog, replay
 from .models import CreateSandbox, ExecBody, Execution, Limits, Sandbox, now, split_env
 from .pool import Pool, Warm
 from .registry import Registry, instance_id
-from .runs import Run, Runs
+from .runs import Run, Runs, code_file
 from .runtimes import Runtime
 from .teams import Teams
 from .vault import Masker, SecretNotFound
@@ -180,7 +180,9 @@ class Sandboxes:
             with self.registry.transaction():
                 self.registry.delete_sandbox(sandbox.id)
                 self.teams.ledger.append(
-                    "sandbox.delete", sandbox.id, {"reason": "container_start_failed"},
+                    "sandbox.delete",
+                    sandbox.id,
+                    {"reason": "container_start_failed"},
                     tenant=tenant,
                 )
             await self.workspaces.remove(sandbox.id)
@@ -272,16 +274,29 @@ class Sandboxes:
             path = "/".join(clean_path(body.filename))
             workspace = self.workspaces.get(sandbox.id)
             file_digest = await files.digest(workspace, path, SOURCE_DIGEST_MAX_BYTES)
-            sandbox = self.get(sandbox_id)  # from here on no await: checks, then the writes
-        if idempotency_key is not None:
-            if (live := self.runs.find_idempotent(sandbox.id, idempotency_key)) is not None:
-                return live
-            done = self.registry.find_idempotent(sandbox.id, idempotency_key)
-            if done is not None:
-                return Run(done, self._finished_log(done))
+            sandbox = self.get(sandbox_id)
+        if (started := self._idempotent(sandbox, idempotency_key)) is not None:
+            return started
         runtime = self.runtimes[sandbox.language]
         execution_id = f"ex-{secrets.token_hex(8)}"
-        # Everything is checked before anything is written: a refused exec changes nothing.
+        scratch = body.code is not None or body.stdin is not None
+        if scratch:  # written off the event loop, once the request's own checks pass
+            self._check(sandbox, runtime, body)
+            await self.runs.write_scratch(sandbox.id, execution_id, runtime, body)
+        try:
+            if scratch:
+                sandbox = self.get(sandbox_id)
+                if (started := self._idempotent(sandbox, idempotency_key)) is not None:
+                    self.runs.discard_scratch(sandbox.id, execution_id)
+                    return started
+            return self._start(sandbox, runtime, body, idempotency_key, execution_id, file_digest)
+        except BaseException:  # it never started: no code or stdin file stays behind
+            if scratch:
+                self.runs.discard_scratch(sandbox.id, execution_id)
+            raise
+
+    def _check(self, sandbox: Sandbox, runtime: Runtime, body: ExecBody) -> int:
+        """The request's limits and the tenant's quota; the run's timeout."""
         timeout = body.timeout_seconds or self.settings.exec_timeout_seconds
         if max(timeout, body.idle_timeout_seconds or 0) > self.settings.max_exec_timeout_seconds:
             raise Invalid(
@@ -292,6 +307,30 @@ class Sandboxes:
         if body.test:
             testmode.check(runtime, body, timeout)
         self.teams.quotas.execution(sandbox.tenant)
+        return timeout
+
+    def _idempotent(self, sandbox: Sandbox, key: str | None) -> Run | None:
+        """The run this `Idempotency-Key` already started in the sandbox, live or ended."""
+        if key is None:
+            return None
+        if (live := self.runs.find_idempotent(sandbox.id, key)) is not None:
+            return live
+        done = self.registry.find_idempotent(sandbox.id, key)
+        return Run(done, self._finished_log(done)) if done is not None else None
+
+    def _start(
+        self,
+        sandbox: Sandbox,
+        runtime: Runtime,
+        body: ExecBody,
+        idempotency_key: str | None,
+        execution_id: str,
+        file_digest: str | None,
+    ) -> Run:
+        """Every check, then the run's record and start: no await, so nothing changes
+        between a check and the write it allows. A refused exec changes nothing (its scratch
+        files, written before, are removed by `exec`)."""
+        timeout = self._check(sandbox, runtime, body)
         # Secrets are the sandbox's tenant's, decrypted for this run only (never stored).
         plain, refs = split_env(body.env)
         vault = self.teams.vault
@@ -299,48 +338,41 @@ class Sandboxes:
         exec_secrets = vault.resolve(sandbox.tenant, refs)
         values = [*sandbox_secrets.values(), *exec_secrets.values()]
         masker = Masker(values) if values else None
-        argv = self._argv(sandbox, runtime, body, execution_id)  # the last check; writes `code`
-        try:
-            if body.stdin is not None:
-                self.runs.write_stdin(sandbox.id, execution_id, body.stdin)
-            execution = Execution(
-                execution_id, sandbox.id, argv, test=body.test, idempotency_key=idempotency_key
-            )
-            detail = self._exec_detail(sandbox, body, timeout, plain, refs, file_digest)
-            metadata = dict(body.metadata or {})
-            with self.registry.transaction():
-                self.registry.put_execution(execution)
-                self.teams.ledger.append(
-                    "exec.start",
-                    execution_id,
-                    masker.value(detail) if masker else detail,
-                    metadata=masker.value(metadata) if masker else metadata,
-                    tenant=sandbox.tenant,
-                )
-            run_log = ExecutionLog(
+        argv = self._argv(sandbox, runtime, body, execution_id)  # the last check
+        execution = Execution(
+            execution_id, sandbox.id, argv, test=body.test, idempotency_key=idempotency_key
+        )
+        detail = self._exec_detail(sandbox, body, timeout, plain, refs, file_digest)
+        metadata = dict(body.metadata or {})
+        with self.registry.transaction():
+            self.registry.put_execution(execution)
+            self.teams.ledger.append(
+                "exec.start",
                 execution_id,
-                self.registry,
-                budget=self.settings.output_budget_bytes,
-                tail_bytes=self.settings.output_tail_bytes,
-                persist=self.settings.persist_events,
+                masker.value(detail) if masker else detail,
+                metadata=masker.value(metadata) if masker else metadata,
+                tenant=sandbox.tenant,
             )
-            # before anything is emitted: nothing unmasked is stored or sent
-            run_log.masker = masker
-            run = Run(
-                execution,
-                run_log,
-                idle_timeout=body.idle_timeout_seconds,
-                env={**plain, **exec_secrets},
-            )
-            run_log.emit(ev.START, StartData(execution_id, sandbox.id).data())
-            # The install and the program see the sandbox's secrets; its registry row never
-            # does.
-            with_secrets = dataclasses.replace(sandbox, env={**sandbox.env, **sandbox_secrets})
-            self.runs.start(run, with_secrets, runtime, body, timeout)
-        except BaseException:  # it never started: no code or stdin file stays behind
-            if body.code is not None or body.stdin is not None:
-                self.runs.discard_scratch(sandbox.id, execution_id)
-            raise
+        run_log = ExecutionLog(
+            execution_id,
+            self.registry,
+            budget=self.settings.output_budget_bytes,
+            tail_bytes=self.settings.output_tail_bytes,
+            persist=self.settings.persist_events,
+        )
+        # before anything is emitted: nothing unmasked is stored or sent
+        run_log.masker = masker
+        run = Run(
+            execution,
+            run_log,
+            idle_timeout=body.idle_timeout_seconds,
+            env={**plain, **exec_secrets},
+        )
+        run_log.emit(ev.START, StartData(execution_id, sandbox.id).data())
+        # The install and the program see the sandbox's secrets; its registry row never
+        # does.
+        with_secrets = dataclasses.replace(sandbox, env={**sandbox.env, **sandbox_secrets})
+        self.runs.start(run, with_secrets, runtime, body, timeout)
         return run
 
     def _exec_detail(
@@ -427,8 +459,7 @@ class Sandboxes:
             # bash -c SCRIPT NAME ARGS...: NAME is $0, ARGS are $1, $2, ...
             return ["/bin/bash", "-c", body.command, *(["bash"] if body.args else [])]
         if body.code is not None:
-            path = self.runs.write_code(sandbox.id, eid, runtime, body.code)
-            return runtime.run_argv(path)
+            return runtime.run_argv(code_file(eid, runtime))  # written by `exec`
         if body.filename is not None:
             path = "/".join(clean_path(body.filename))
             self.workspaces.get(sandbox.id).read(path)[0].close()  # 404 when it is not there

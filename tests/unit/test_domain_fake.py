@@ -7,6 +7,7 @@ import asyncio
 import contextlib
 import dataclasses
 import shutil
+import threading
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -16,12 +17,13 @@ import pytest
 from gateway import backend as be
 from gateway.backend import ContainerSpec, Mount
 from gateway.config import Settings
-from gateway.errors import Conflict, NotFound, RunnerError
+from gateway.errors import Conflict, NotFound, RunnerError, SecretNotFound
 from gateway.events import Event
 from gateway.models import CreateSandbox, ExecBody, LimitsBody
 from gateway.runs import CODE_DIR
 from gateway.sandboxes import Sandboxes
 from gateway.service import open_gateway
+from gateway.workspace import Workspace
 from tests.fake_backend import FakeBackend
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -160,6 +162,48 @@ async def test_stdin_comes_from_a_scratch_file_the_run_removes(tmp_path: Path) -
         assert texts(events, "stdout") == "fed\n"
         await sandboxes.runs.settle_all(5)  # stdin was a scratch file, gone with the run
         assert not (tmp_path / "ws" / sb.id / CODE_DIR / execution.id).exists()
+
+
+async def test_scratch_files_are_written_off_the_event_loop(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """code and stdin (up to 16 MiB each) are written in a thread, never on the loop."""
+    async with domain(tmp_path) as (sandboxes, _):
+        sb = await sandboxes.create(CreateSandbox(language="python"))
+        writers: list[int] = []
+        write = Workspace.write
+
+        def spy(self: Workspace, *args: Any) -> Any:
+            writers.append(threading.get_ident())
+            return write(self, *args)
+
+        monkeypatch.setattr(Workspace, "write", spy)
+        events, _ = await run(sandboxes, sb.id, code="cat", stdin="x" * 2**20)
+        assert texts(events, "stdout") == "x" * 2**20
+        assert len(writers) == 2 and threading.get_ident() not in writers
+
+
+async def test_a_refused_or_abandoned_exec_leaves_no_scratch_files(tmp_path: Path) -> None:
+    """Refused after its files were written (an unknown secret), or its request cancelled
+    while they are written: the scratch folder goes either way."""
+    async with domain(tmp_path) as (sandboxes, _):
+        sb = await sandboxes.create(CreateSandbox(language="python"))
+        scratch = tmp_path / "ws" / sb.id / CODE_DIR
+        body = ExecBody(code="echo", stdin="in", env={"K": {"secret": "nope"}})
+        with pytest.raises(SecretNotFound):
+            await sandboxes.exec(sb.id, body, None)
+        assert not scratch.exists() or not any(scratch.iterdir())
+        started = asyncio.create_task(sandboxes.exec(sb.id, ExecBody(code="echo"), None))
+        await asyncio.sleep(0)  # in the write
+        started.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await started
+        for _ in range(100):  # removed once the thread's write ended
+            if not scratch.exists() or not any(scratch.iterdir()):
+                break
+            await asyncio.sleep(0.01)
+        assert not scratch.exists() or not any(scratch.iterdir())
+        assert sandboxes.registry.list_executions(sb.id) == []
 
 
 async def test_kill_ends_a_hanging_run_as_killed_and_a_second_kill_is_409(

@@ -17,15 +17,20 @@ machine drift hits both alike:
 line as an event, on the event loop the proxy runs on). `--floor` adds a third path to the
 latency loop: a raw asyncio byte splice in a process of its own (a TCP port to the same
 socket, nothing parsed): what one more process in the pipeline costs before any proxy
-logic, and `GET /healthz` on the gateway (its HTTP stack alone).
+logic; the same relay in C (`socat`, when installed): one more hop without Python; and
+`GET /healthz` on the gateway (its HTTP stack alone).
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import multiprocessing
+import shutil
+import socket
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -99,6 +104,21 @@ def _splice(sock: str, ports: multiprocessing.Queue[int]) -> None:
     asyncio.run(serve())
 
 
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_for_port(port: int) -> None:
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 0.2):
+            return
+        time.sleep(0.02)
+    raise RuntimeError(f"nothing listens on {port}")
+
+
 def rate_row(name: str, values: list[float], base: list[float] | None) -> str:
     median = statistics.median(values)
     ratio = f"{median / statistics.median(base):5.2f}x" if base else "direct"
@@ -130,6 +150,7 @@ def main(requests: int, mb: int, runs: int, floor: bool = False, quiet: bool = F
         work_p: list[float] = []
         work_d: list[float] = []
         floors: dict[str, tuple[httpx.Client, str, list[float]]] = {}
+        relays: list[subprocess.Popen[bytes]] = []
         if floor:
             ports: multiprocessing.Queue[int] = multiprocessing.Queue()
             splicer = multiprocessing.Process(target=_splice, args=(str(sock), ports), daemon=True)
@@ -139,6 +160,23 @@ def main(requests: int, mb: int, runs: int, floor: bool = False, quiet: bool = F
                 f"http://127.0.0.1:{ports.get(timeout=30)}/x",
                 [],
             )
+            if shutil.which("socat"):  # the same relay in C: a hop without Python
+                port = free_port()
+                relays.append(
+                    subprocess.Popen(
+                        [
+                            "socat",
+                            f"TCP-LISTEN:{port},bind=127.0.0.1,reuseaddr,fork",
+                            f"UNIX-CONNECT:{sock}",
+                        ]
+                    )
+                )
+                wait_for_port(port)
+                floors["GET /x through socat (C byte relay)"] = (
+                    httpx.Client(timeout=120, trust_env=False),
+                    f"http://127.0.0.1:{port}/x",
+                    [],
+                )
             floors["GET /healthz on the gateway"] = (
                 httpx.Client(timeout=120, trust_env=False), gw.url + "/healthz", []
             )
@@ -186,6 +224,8 @@ def main(requests: int, mb: int, runs: int, floor: bool = False, quiet: bool = F
         proxied.close()
         direct.close()
     finally:
+        for relay in relays:
+            relay.kill()
         gw.stop()
         cleanup_containers(tmp)
         remove_tree(tmp)

@@ -183,26 +183,43 @@ async def test_scratch_files_are_written_off_the_event_loop(
         assert len(writers) == 2 and threading.get_ident() not in writers
 
 
-async def test_a_refused_or_abandoned_exec_leaves_no_scratch_files(tmp_path: Path) -> None:
+async def test_a_refused_or_abandoned_exec_leaves_no_scratch_files(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """Refused after its files were written (an unknown secret), or its request cancelled
     while they are written: the scratch folder goes either way."""
     async with domain(tmp_path) as (sandboxes, _):
         sb = await sandboxes.create(CreateSandbox(language="python"))
         scratch = tmp_path / "ws" / sb.id / CODE_DIR
+
+        def empty() -> bool:
+            return not scratch.exists() or not any(scratch.iterdir())
+
         body = ExecBody(code="echo", stdin="in", env={"K": {"secret": "nope"}})
         with pytest.raises(SecretNotFound):
             await sandboxes.exec(sb.id, body, None)
-        assert not scratch.exists() or not any(scratch.iterdir())
+        assert empty()
+        written = threading.Event()
+        write = Workspace.write
+
+        def spy(self: Workspace, *args: Any) -> Any:
+            try:
+                return write(self, *args)
+            finally:
+                written.set()
+
+        monkeypatch.setattr(Workspace, "write", spy)
         started = asyncio.create_task(sandboxes.exec(sb.id, ExecBody(code="echo"), None))
-        await asyncio.sleep(0)  # in the write
+        await asyncio.sleep(0)  # in the write, in its thread
         started.cancel()
         with pytest.raises(asyncio.CancelledError):
             await started
-        for _ in range(100):  # removed once the thread's write ended
-            if not scratch.exists() or not any(scratch.iterdir()):
+        assert await asyncio.to_thread(written.wait, 10)  # the file is there now
+        for _ in range(200):  # and goes once the thread is done
+            if empty():
                 break
             await asyncio.sleep(0.01)
-        assert not scratch.exists() or not any(scratch.iterdir())
+        assert empty(), list(scratch.rglob("*"))
         assert sandboxes.registry.list_executions(sb.id) == []
 
 

@@ -232,6 +232,9 @@ def test_ctrl_c_kills_the_run_and_deletes_the_sandbox(gateway: Gateway, tmp_path
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
+        # As a terminal would have it. A suite started in the background by a shell without
+        # job control inherits SIGINT ignored, and Python then never raises KeyboardInterrupt.
+        preexec_fn=_interruptible,
     )
     assert proc.stdout is not None
     assert proc.stdout.readline() == "up\n"
@@ -240,6 +243,10 @@ def test_ctrl_c_kills_the_run_and_deletes_the_sandbox(gateway: Gateway, tmp_path
     proc.send_signal(signal.SIGINT)
     assert proc.wait(60) == 130
     assert not ours & _sandbox_ids(gateway), "the sandbox of the interrupted run is still there"
+
+
+def _interruptible() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 def _sandbox_ids(gateway: Gateway) -> set[str]:

@@ -245,8 +245,7 @@ class Runs:
                     data = text.encode()
                     workspace.write(path, data, len(data))
             except BaseException:  # e.g. the quota is full: leave no empty folder behind
-                with contextlib.suppress(PetriError):
-                    workspace.delete(code_folder(execution_id))
+                self.discard_scratch(sandbox_id, execution_id)
                 raise
 
         done = asyncio.get_running_loop().run_in_executor(None, write)

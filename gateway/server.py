@@ -118,6 +118,9 @@ def serve(host: str | None, port: int) -> int:
         timeout_graceful_shutdown=15,
         proxy_headers=False,
         http=_http_protocol(settings.header_timeout_seconds),
+        # libuv's loop (C) instead of asyncio's selector loop: every socket read and write
+        # (previews, Docker's streams, SSE) costs less; docs/benchmarks.md has the numbers.
+        loop="uvloop",
         # A service's own `Server` header passes through its preview unchanged.
         server_header=False,
     )

@@ -92,8 +92,12 @@ class Result:
         return self.events / self.seconds
 
 
-def stream_once(client: httpx.Client, sid: str, total: int, sampler: RssSampler) -> Result:
+def stream_once(
+    client: httpx.Client, sid: str, total: int, sampler: RssSampler, reader: str = "sdk"
+) -> Result:
     """One run through one SSE stream; returns counts, time and RSS at each quarter."""
+    if reader == "sdk":
+        return _stream_sdk(str(client.base_url), sid, total, sampler)
     code = PROGRAM.format(w=WRITE, n=total // WRITE)
     events = got = 0
     quarters: list[int] = []
@@ -120,6 +124,33 @@ def stream_once(client: httpx.Client, sid: str, total: int, sampler: RssSampler)
     seconds = time.perf_counter() - started
     end = json.loads(terminal)
     if got != total or end.get("exit_code") != 0 or end.get("truncated"):
+        raise RuntimeError(f"stream incomplete: {got} of {total} bytes, end {end}")
+    return Result("", seconds, events, got, 0, 0, quarters)
+
+
+def _stream_sdk(url: str, sid: str, total: int, sampler: RssSampler) -> Result:
+    """The same run read by the Python SDK (`Sandbox.stream`), as an agent reads it."""
+    from petri_sdk import ExitEvent, Sandbox, StdoutEvent
+
+    code = PROGRAM.format(w=WRITE, n=total // WRITE)
+    events = got = 0
+    quarters: list[int] = []
+    end = None
+    started = time.perf_counter()
+    sandbox = Sandbox.connect(sid, url=url, timeout=600)
+    try:  # (not `with`: leaving that deletes the sandbox)
+        for event in sandbox.stream(code, timeout=600):
+            events += 1
+            if isinstance(event, StdoutEvent):
+                got += len(event.text)
+                while len(quarters) < 4 and got >= total * (len(quarters) + 1) / 4:
+                    quarters.append(sampler.last)
+            elif event.terminal:
+                end = event
+    finally:
+        sandbox.close()
+    seconds = time.perf_counter() - started
+    if got != total or not isinstance(end, ExitEvent) or end.exit_code != 0 or end.truncated:
         raise RuntimeError(f"stream incomplete: {got} of {total} bytes, end {end}")
     return Result("", seconds, events, got, 0, 0, quarters)
 
@@ -176,7 +207,7 @@ def replay_seconds(client: httpx.Client, sid: str, total: int) -> float:
 
 
 def bench_mode(
-    mode: str, persist: bool, total: int, runs: int, floors: list[float]
+    mode: str, persist: bool, total: int, runs: int, floors: list[float], reader: str = "sdk"
 ) -> list[Result]:
     tmp = Path(tempfile.mkdtemp(prefix=f"petri-bench-{mode}-"))
     gw = make_gateway(
@@ -197,7 +228,7 @@ def bench_mode(
                 before = rss_kb(gw.proc.pid)
                 sampler.start()
                 try:
-                    result = stream_once(client, sid, total, sampler)
+                    result = stream_once(client, sid, total, sampler, reader)
                 finally:
                     sampler.stop()
                 result.mode, result.rss_before, result.rss_peak = mode, before, sampler.peak
@@ -221,14 +252,23 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--mb", type=int, default=64, help="MiB the program writes")
     parser.add_argument("--runs", type=int, default=2, help="runs per mode (same gateway)")
+    parser.add_argument(
+        "--reader",
+        choices=("sdk", "lines"),
+        default="sdk",
+        help="sdk: the Python SDK's Sandbox.stream; lines: httpx iter_lines + json.loads",
+    )
     args = parser.parse_args()
     total = args.mb * 2**20
     subprocess.run(["docker", "info"], capture_output=True, check=True)
     floors: list[float] = []
-    results = bench_mode("persist on", True, total, args.runs, floors)
-    results += bench_mode("persist off", False, total, args.runs, floors)
+    results = bench_mode("persist on", True, total, args.runs, floors, args.reader)
+    results += bench_mode("persist off", False, total, args.runs, floors, args.reader)
 
-    print(f"\n{args.mb} MiB to stdout in {WRITE}-byte writes, one SSE stream, {args.runs} run(s)")
+    print(
+        f"\n{args.mb} MiB to stdout in {WRITE}-byte writes, one SSE stream read by "
+        f"{'the SDK' if args.reader == 'sdk' else 'httpx iter_lines'}, {args.runs} run(s)"
+    )
     head = (
         f"{'mode':<12} {'run':>3} {'seconds':>8} {'MB/s':>7} {'events':>7} {'events/s':>9} "
         f"{'RSS before':>10} {'RSS @25/50/75/100%':>23} {'RSS peak':>9} {'replay s':>8} "
@@ -264,6 +304,7 @@ def main() -> int:
         "event_throughput",
         {
             "mb": args.mb,
+            "reader": args.reader,
             "runs": [
                 {
                     "mode": r.mode,

@@ -287,14 +287,47 @@ def parse_event(id: str, type: str, data: str, after: int = 0) -> Event | None:
 
 
 class SSEDecoder:
-    """Server-Sent Events, line by line, as the HTML spec reads them: comment lines (a
-    keep-alive, with or without a blank line after it) never make an event, and the last id
-    carries over to an event that has none."""
+    """Server-Sent Events as the HTML spec reads them: comment lines (a keep-alive, with or
+    without a blank line after it) never make an event, and the last id carries over to an
+    event that has none. `decode` takes the body's bytes as they arrive; `feed`, one line.
+
+    Lines end at CRLF, LF or CR and nowhere else (a text reader's `splitlines` also breaks
+    at U+2028, form feeds and more), and a line is decoded only once it is whole: a 256 KiB
+    `data:` line costs a search for the line break and one UTF-8 decode."""
 
     def __init__(self) -> None:
         self.last_id = ""
         self._type = ""
         self._data: list[str] = []
+        self._parts: list[bytes] = []  # the line in progress
+        self._after_cr = False  # the last chunk ended with CR: a LF first ends nothing
+        self._started = False
+
+    def decode(self, chunk: bytes) -> list[tuple[str, str, str]]:
+        """The events that `chunk` completes, as `(id, type, data)`."""
+        if not chunk:
+            return []
+        if not self._started:
+            self._started = True
+            chunk = chunk.removeprefix(b"\xef\xbb\xbf")  # a BOM opening the stream
+        if self._after_cr and chunk[:1] == b"\n":
+            chunk = chunk[1:]
+        self._after_cr = chunk[-1:] == b"\r"
+        if b"\r" in chunk:
+            chunk = chunk.replace(b"\r\n", b"\n").replace(b"\r", b"\n")
+        out = []
+        start = 0
+        while (end := chunk.find(b"\n", start)) >= 0:
+            line = chunk[start:end]
+            if self._parts:
+                line = b"".join((*self._parts, line))
+                self._parts = []
+            if (event := self.feed(line.decode("utf-8", "replace"))) is not None:
+                out.append(event)
+            start = end + 1
+        if start < len(chunk):
+            self._parts.append(chunk[start:])
+        return out
 
     def feed(self, line: str) -> tuple[str, str, str] | None:
         """One line (without its line break); returns `(id, type, data)` when an event ends."""

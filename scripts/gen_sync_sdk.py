@@ -39,6 +39,7 @@ RULES: list[tuple[str, str]] = [
     (r"\b__aexit__\b", "__exit__"),
     (r"\baclosing\b", "closing"),
     (r"\baiter_lines\b", "iter_lines"),
+    (r"\baiter_bytes\b", "iter_bytes"),
     (r"\baread\(\)", "read()"),
     (r"\baclose\(\)", "close()"),
     (r"\bdef aclose\b", "def close"),

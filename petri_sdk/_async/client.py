@@ -156,17 +156,15 @@ class AsyncClient:
                     execution_id = execution_id or response.headers.get("x-execution-id")
                     failing_since, attempts = None, 0
                     decoder = SSEDecoder()
-                    async for line in response.aiter_lines():
-                        raw = decoder.feed(line)
-                        if raw is None:
-                            continue
-                        event = parse_event(*raw, after=last)
-                        if event is None:
-                            continue
-                        last = event.id
-                        yield event
-                        if event.terminal:
-                            return
+                    async for chunk in response.aiter_bytes():
+                        for raw in decoder.decode(chunk):
+                            event = parse_event(*raw, after=last)
+                            if event is None:
+                                continue
+                            last = event.id
+                            yield event
+                            if event.terminal:
+                                return
             except httpx.TransportError as exc:
                 failure = exc
             # Dropped (or ended with no terminal event): reconnect after `last`.

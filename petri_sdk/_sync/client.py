@@ -157,17 +157,15 @@ class Client:
                     execution_id = execution_id or response.headers.get("x-execution-id")
                     failing_since, attempts = None, 0
                     decoder = SSEDecoder()
-                    for line in response.iter_lines():
-                        raw = decoder.feed(line)
-                        if raw is None:
-                            continue
-                        event = parse_event(*raw, after=last)
-                        if event is None:
-                            continue
-                        last = event.id
-                        yield event
-                        if event.terminal:
-                            return
+                    for chunk in response.iter_bytes():
+                        for raw in decoder.decode(chunk):
+                            event = parse_event(*raw, after=last)
+                            if event is None:
+                                continue
+                            last = event.id
+                            yield event
+                            if event.terminal:
+                                return
             except httpx.TransportError as exc:
                 failure = exc
             # Dropped (or ended with no terminal event): reconnect after `last`.

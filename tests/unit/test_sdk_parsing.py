@@ -182,6 +182,36 @@ def test_the_sse_reader_never_makes_an_event_of_a_keepalive() -> None:
     assert isinstance(parse_event(*out[1]), ExitEvent)
 
 
+def test_the_sse_reader_takes_bytes_split_anywhere() -> None:
+    """Bytes as the network hands them over: lines end at CRLF, LF or CR only (not at U+2028
+    or a form feed inside the data), a CRLF or a UTF-8 character split between two chunks is
+    still one, and a BOM opening the stream is not part of the first field."""
+    wire = (
+        "\ufeff: keep-alive\r\n"
+        "id: 1\r\nevent: stdout\r\n"
+        'data: {"text":"caf\u00e9 \u2028 \x0c \U0001f600"}\r\n\r\n'
+        "id: 2\revent: stderr\rdata: {\"text\":\"b\"}\r\r"
+        "id: 3\nevent: exit\ndata: {\ndata: \"exit_code\": 0}\n\n"
+        "id: 4\nevent: stdout\ndata: never ended"
+    ).encode()
+    want = [
+        ("1", "stdout", '{"text":"caf\u00e9 \u2028 \x0c \U0001f600"}'),
+        ("2", "stderr", '{"text":"b"}'),
+        ("3", "exit", '{\n"exit_code": 0}'),
+    ]
+    for size in range(1, len(wire) + 1):
+        decoder = SSEDecoder()
+        pieces = [wire[at : at + size] for at in range(0, len(wire), size)]
+        got = [e for piece in pieces for e in decoder.decode(piece)]
+        assert got == want, size
+        decoder.decode(b"")
+    # Between two chunks: every split point, with an empty chunk in between.
+    for at in range(len(wire) + 1):
+        decoder = SSEDecoder()
+        got = [e for piece in (wire[:at], b"", wire[at:]) for e in decoder.decode(piece)]
+        assert got == want, at
+
+
 @pytest.mark.parametrize(
     ("status", "code", "cls"),
     [

@@ -4,6 +4,8 @@ uvicorn."""
 from __future__ import annotations
 
 import asyncio
+import ctypes
+import ctypes.util
 import dataclasses
 import socket
 import sys
@@ -81,6 +83,32 @@ def _http_protocol(header_timeout: float) -> type[HeadTimeoutProtocol]:
     return type("PetriHTTPProtocol", (HeadTimeoutProtocol,), {"header_timeout": header_timeout})
 
 
+# glibc's malloc: buffers of 128 KiB-4 MiB (socket reads, stream chunks, event rows) come
+# from the heap, and up to 32 MiB of freed heap is kept for the next ones. Left dynamic, the
+# heap's top was given back and taken again on nearly every 256 KiB buffer in some
+# processes (a `brk` pair per read, then a page fault per 4 KiB touched): the same upload
+# through a preview cost the gateway twice the CPU in those. glibc's own dynamic limits reach
+# these values; they only stop them from moving. docs/benchmarks.md has the measurement.
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
+MALLOC_MMAP_THRESHOLD = 4 * 1024 * 1024
+MALLOC_TRIM_THRESHOLD = 32 * 1024 * 1024
+
+
+def tune_malloc() -> bool:
+    """Fix glibc's malloc thresholds (above); False where there is no glibc (musl, macOS)."""
+    name = ctypes.util.find_library("c")
+    try:
+        mallopt = ctypes.CDLL(name).mallopt if name else None
+    except (OSError, AttributeError):
+        mallopt = None
+    if mallopt is None:
+        return False
+    return bool(
+        mallopt(_M_MMAP_THRESHOLD, MALLOC_MMAP_THRESHOLD)
+        and mallopt(_M_TRIM_THRESHOLD, MALLOC_TRIM_THRESHOLD)
+    )
+
+
 def serve(host: str | None, port: int) -> int:
     from .routes import create_app
 
@@ -106,6 +134,7 @@ def serve(host: str | None, port: int) -> int:
             registry.close()
     if not settings.public_url:
         settings = dataclasses.replace(settings, public_url=public_url(settings.host, port))
+    tune_malloc()
     # Streams end by their own terminal event on shutdown; sse-starlette must not cut them.
     AppStatus.disable_automatic_graceful_drain()  # type: ignore[no-untyped-call]
     config = uvicorn.Config(

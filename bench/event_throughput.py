@@ -117,8 +117,7 @@ def stream_once(
             elif line.startswith("data: "):
                 if kind == "stdout":
                     got += len(json.loads(line[6:])["text"])
-                    while len(quarters) < 4 and got >= total * (len(quarters) + 1) / 4:
-                        quarters.append(sampler.last)
+                    _mark_quarters(quarters, got, total, sampler)
                 elif kind in ("exit", "error"):
                     terminal = line[6:]
     seconds = time.perf_counter() - started
@@ -126,6 +125,12 @@ def stream_once(
     if got != total or end.get("exit_code") != 0 or end.get("truncated"):
         raise RuntimeError(f"stream incomplete: {got} of {total} bytes, end {end}")
     return Result("", seconds, events, got, 0, 0, quarters)
+
+
+def _mark_quarters(quarters: list[int], got: int, total: int, sampler: RssSampler) -> None:
+    """The RSS sampled as the stream passes each quarter of its output."""
+    while len(quarters) < 4 and got >= total * (len(quarters) + 1) / 4:
+        quarters.append(sampler.last)
 
 
 def _stream_sdk(url: str, sid: str, total: int, sampler: RssSampler) -> Result:
@@ -143,8 +148,7 @@ def _stream_sdk(url: str, sid: str, total: int, sampler: RssSampler) -> Result:
             events += 1
             if isinstance(event, StdoutEvent):
                 got += len(event.text)
-                while len(quarters) < 4 and got >= total * (len(quarters) + 1) / 4:
-                    quarters.append(sampler.last)
+                _mark_quarters(quarters, got, total, sampler)
             elif event.terminal:
                 end = event
     finally:

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import ctypes
-import ctypes.util
 import dataclasses
 import socket
 import sys
@@ -96,10 +95,9 @@ MALLOC_TRIM_THRESHOLD = 32 * 1024 * 1024
 
 def tune_malloc() -> bool:
     """Fix glibc's malloc thresholds (above); False where there is no glibc (musl, macOS)."""
-    name = ctypes.util.find_library("c")
-    try:
-        mallopt = ctypes.CDLL(name).mallopt if name else None
-    except (OSError, AttributeError):
+    try:  # the process's own symbols: no `find_library`, which runs `ldconfig`
+        mallopt = getattr(ctypes.CDLL(None), "mallopt", None)
+    except OSError:
         mallopt = None
     if mallopt is None:
         return False

@@ -204,7 +204,7 @@ def test_the_sse_reader_takes_bytes_split_anywhere() -> None:
         pieces = [wire[at : at + size] for at in range(0, len(wire), size)]
         got = [e for piece in pieces for e in decoder.decode(piece)]
         assert got == want, size
-        decoder.decode(b"")
+        assert decoder.decode(b"") == []
     # Between two chunks: every split point, with an empty chunk in between.
     for at in range(len(wire) + 1):
         decoder = SSEDecoder()

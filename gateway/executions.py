@@ -344,7 +344,7 @@ class ExecutionLog:
             return
         try:
             self.registry.append_events(self.execution_id, self._pending)
-        except sqlite3.Error:  # a full disk must not stop the stream; replay will miss these
+        except (sqlite3.Error, OSError):  # a full disk must not stop the stream; replay misses them
             log.exception("could not store events of %s", self.execution_id)
         self.durable = self._pending[-1].id
         self._flushed_at = time.monotonic()

@@ -20,7 +20,7 @@ import os
 import secrets
 import sqlite3
 import threading
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict
 from pathlib import Path
@@ -28,6 +28,7 @@ from typing import Any
 
 from .events import Event
 from .models import Execution, Limits, Sandbox, Service
+from .payloads import SPILL_BYTES, Payloads
 
 log = logging.getLogger("petri.registry")
 
@@ -68,6 +69,8 @@ CREATE TABLE IF NOT EXISTS log.events (
     id INTEGER NOT NULL,
     type TEXT NOT NULL,
     data TEXT NOT NULL,
+    at INTEGER,
+    size INTEGER,
     PRIMARY KEY (execution_id, id)
 ) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS services (
@@ -127,9 +130,10 @@ class _Checkpointer(threading.Thread):
     connection: done by the writer, as SQLite's automatic checkpoint is, it stalls the event
     loop for tens of milliseconds every few MB of events."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, before: Callable[[], None]) -> None:
         super().__init__(name="petri-checkpoint", daemon=True)
         self.path = path
+        self.before = before
         self.wake = threading.Event()
         self.stopping = False
 
@@ -140,6 +144,7 @@ class _Checkpointer(threading.Thread):
                 self.wake.wait(CHECKPOINT_SECONDS)
                 self.wake.clear()
                 try:
+                    self.before()
                     db.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()  # both files
                 except sqlite3.Error as exc:
                     log.warning("WAL checkpoint failed: %s", exc)
@@ -178,6 +183,7 @@ class Registry:
         data_dir.mkdir(parents=True, exist_ok=True)
         self.path = data_dir / "petri.sqlite3"
         self._db = connect(self.path)
+        self._after_commit: list[Callable[[], None]] = []  # steps of the open transaction
         self._db.execute(f"PRAGMA log.page_size={EVENTS_PAGE_SIZE}")  # before its first table
         for schema in ("main", "log"):
             self._db.execute(f"PRAGMA {schema}.journal_mode=WAL")
@@ -187,7 +193,9 @@ class Registry:
         self._migrate()
         self._db.executescript(SCHEMA)
         self._move_events()
-        self._checkpointer = _Checkpointer(self.path)
+        self.payloads = Payloads(data_dir)
+        self._sweep_payloads()
+        self._checkpointer = _Checkpointer(self.path, self.payloads.sync)
         self._checkpointer.start()
         self._unchecked = 0
         # Replay pages are read in worker threads, on a connection of their own (WAL: a
@@ -209,6 +217,12 @@ class Registry:
                     self._db.execute(
                         f"ALTER TABLE sandboxes ADD COLUMN {name} TEXT NOT NULL DEFAULT {default}"
                     )
+        listed = self._db.execute("SELECT 1 FROM log.sqlite_master WHERE name = 'events'")
+        if listed.fetchone() is not None:
+            columns = {r[1] for r in self._db.execute("PRAGMA log.table_info(events)")}
+            for name in ("at", "size"):  # where a spilled payload is (payloads.py)
+                if name not in columns:
+                    self._db.execute(f"ALTER TABLE log.events ADD COLUMN {name} INTEGER")
 
     def _move_events(self) -> None:
         """A data dir from before the events file keeps its events in the registry's own
@@ -218,8 +232,25 @@ class Registry:
             return
         log.info("moving stored events into %s (once)", EVENTS_FILE)
         with self.transaction():
-            self._db.execute("INSERT OR IGNORE INTO log.events SELECT * FROM main.events")
+            self._db.execute(
+                "INSERT OR IGNORE INTO log.events (execution_id, id, type, data) "
+                "SELECT execution_id, id, type, data FROM main.events"
+            )
             self._db.execute("DROP TABLE main.events")
+
+    def _sweep_payloads(self) -> None:
+        """Remove payload files no stored event points into (a crash between a file's
+        write and its rows' commit, or events deleted by a gateway that died before it
+        removed the file)."""
+        orphans = [
+            eid
+            for eid in self.payloads.stored()
+            if self._db.execute(
+                "SELECT 1 FROM events WHERE execution_id = ? AND at IS NOT NULL LIMIT 1", (eid,)
+            ).fetchone()
+            is None
+        ]
+        self.payloads.remove(orphans)
 
     @property
     def db(self) -> sqlite3.Connection:
@@ -242,9 +273,18 @@ class Registry:
         try:
             yield self._db
         except BaseException:
+            self._after_commit.clear()
             self._db.rollback()
             raise
         self._db.commit()
+        done, self._after_commit = self._after_commit, []
+        for step in done:
+            step()
+
+    def after_commit(self, step: Callable[[], None]) -> None:
+        """Run `step` once the open transaction commits (never if it rolls back)."""
+        assert self._db.in_transaction, "after_commit outside a transaction"
+        self._after_commit.append(step)
 
     def close(self) -> None:
         self._checkpointer.stop()
@@ -311,11 +351,8 @@ class Registry:
 
     def delete_sandbox(self, sandbox_id: str) -> None:
         with self.transaction():
-            self._db.execute(
-                "DELETE FROM events WHERE execution_id IN "
-                "(SELECT id FROM executions WHERE sandbox_id = ?)",
-                (sandbox_id,),
-            )
+            rows = self._db.execute("SELECT id FROM executions WHERE sandbox_id = ?", (sandbox_id,))
+            self.delete_events([r[0] for r in rows])
             self._db.execute("DELETE FROM executions WHERE sandbox_id = ?", (sandbox_id,))
             self._db.execute("DELETE FROM kv WHERE scope = ?", (sandbox_id,))
             self._db.execute("DELETE FROM services WHERE sandbox_id = ?", (sandbox_id,))
@@ -375,28 +412,59 @@ class Registry:
     # --- events ------------------------------------------------------------------------------
 
     def append_events(self, execution_id: str, events: Sequence[Event]) -> None:
-        rows = [(execution_id, e.id, e.type, e.data_bytes()) for e in events]
+        """Store a batch: large payloads in the execution's file first (payloads.py), then
+        every row in one commit. Raises OSError or sqlite3.Error (e.g. a full disk)."""
+        datas = [e.data_bytes() for e in events]
+        spilled = [n for n, data in enumerate(datas) if len(data) >= SPILL_BYTES]
+        where: dict[int, int] = {}
+        if spilled:
+            offsets = self.payloads.append(execution_id, [datas[n] for n in spilled])
+            where = dict(zip(spilled, offsets, strict=True))
+        rows = [
+            (execution_id, e.id, e.type, b"", where[n], len(datas[n]))
+            if n in where
+            else (execution_id, e.id, e.type, datas[n], None, None)
+            for n, e in enumerate(events)
+        ]
         with self.transaction():
-            self._db.executemany("INSERT OR IGNORE INTO events VALUES (?, ?, ?, ?)", rows)
+            self._db.executemany("INSERT OR IGNORE INTO events VALUES (?, ?, ?, ?, ?, ?)", rows)
         self._written(sum(len(r[3]) for r in rows))
 
+    def delete_events(self, execution_ids: Sequence[str]) -> None:
+        """Delete the executions' events, in the open transaction; their payload files go
+        once it commits."""
+        with self.transaction():
+            self._db.executemany(
+                "DELETE FROM events WHERE execution_id = ?", [(e,) for e in execution_ids]
+            )
+            ids = list(execution_ids)
+            self.after_commit(lambda: self.payloads.remove(ids))
+
     def events(self, execution_id: str, after: int = 0, limit: int = 500) -> list[Event]:
-        rows = self._db.execute(
-            "SELECT id, type, data FROM events WHERE execution_id = ? AND id > ? "
-            "ORDER BY id LIMIT ?",
-            (execution_id, after, limit),
-        ).fetchall()
-        return [Event(r[0], r[1], json.loads(r[2]), r[2]) for r in rows]
+        return self._events(self._db, execution_id, after, limit)
 
     def read_events(self, execution_id: str, after: int = 0, limit: int = 500) -> list[Event]:
         """`events`, for the `reads` thread (the replay of a long run is many pages)."""
         with self._reader_lock:
-            rows = self._reader.execute(
-                "SELECT id, type, data FROM events WHERE execution_id = ? AND id > ? "
-                "ORDER BY id LIMIT ?",
-                (execution_id, after, limit),
-            ).fetchall()
-            return [Event(r[0], r[1], json.loads(r[2]), r[2]) for r in rows]
+            return self._events(self._reader, execution_id, after, limit)
+
+    def _events(
+        self, db: sqlite3.Connection, execution_id: str, after: int, limit: int
+    ) -> list[Event]:
+        rows = db.execute(
+            "SELECT id, type, data, at, size FROM events WHERE execution_id = ? AND id > ? "
+            "ORDER BY id LIMIT ?",
+            (execution_id, after, limit),
+        ).fetchall()
+        out = []
+        with self.payloads.reader() as files:
+            for id_, type_, data, at, size in rows:
+                if at is not None:
+                    data = files.read(execution_id, at, size)
+                    if data is None:  # lost with its file (logged): the replay goes on
+                        continue
+                out.append(Event(id_, type_, json.loads(data), data))
+        return out
 
     def last_event_id(self, execution_id: str) -> int:
         row = self._db.execute(

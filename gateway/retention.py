@@ -50,7 +50,7 @@ class Retention:
         with self.registry.transaction():
             db.execute(
                 "INSERT INTO event_retention SELECT e.id, e.ended_at, (SELECT "
-                "coalesce(sum(length(CAST(v.data AS BLOB))), 0) FROM events v "
+                "coalesce(sum(coalesce(v.size, length(CAST(v.data AS BLOB)))), 0) FROM events v "
                 "WHERE v.execution_id = e.id), NULL FROM executions e "
                 "WHERE e.status != 'running' AND e.ended_at IS NOT NULL AND NOT EXISTS "
                 "(SELECT 1 FROM event_retention r WHERE r.execution_id = e.id)"
@@ -95,7 +95,7 @@ class Retention:
                     "SELECT bytes FROM event_retention WHERE execution_id = ?", (execution_id,)
                 ).fetchone()
                 freed += row[0] if row else 0
-                db.execute("DELETE FROM events WHERE execution_id = ?", (execution_id,))
+                self.registry.delete_events([execution_id])
                 db.execute(
                     "UPDATE event_retention SET evicted_at = ? WHERE execution_id = ?",
                     (at, execution_id),

@@ -14,9 +14,19 @@ forward are skipped, never raised: the gateway may add types, and a keep-alive i
 
 from __future__ import annotations
 
+import contextlib
 import json
 from dataclasses import dataclass, field
+from types import ModuleType
 from typing import Any, ClassVar
+
+_orjson: ModuleType | None
+try:
+    import orjson as _orjson
+except ImportError:  # the SDK alone needs only httpx
+    _orjson = None
+
+_OUTPUT = frozenset({"stdout", "stderr"})
 
 __all__ = [
     "AppEvent",
@@ -272,13 +282,24 @@ def _build(id: int, type: str, d: dict[str, Any]) -> Event | None:
     return None
 
 
+def _loads(type: str, data: str) -> Any:
+    """An event's JSON. Output events' data is one string, the bulk of a stream: orjson,
+    where installed (it comes with the gateway), reads it ~2.5x faster. Every other event
+    keeps `json`'s exact numbers (orjson reads an integer past 64 bits as a float), and what
+    orjson refuses (an escaped lone surrogate) is read by `json` too."""
+    if _orjson is not None and type in _OUTPUT:
+        with contextlib.suppress(ValueError):
+            return _orjson.loads(data)
+    return json.loads(data)
+
+
 def parse_event(id: str, type: str, data: str, after: int = 0) -> Event | None:
     """The typed event, or None for what is not a Petri event this SDK knows: an unknown type,
     an id that is not a plain integer above `after`, data that is not a JSON object."""
     if not (id.isascii() and id.isdigit() and len(id) <= 19) or int(id) <= after:
         return None
     try:
-        decoded = json.loads(data)
+        decoded = _loads(type, data)
     except ValueError:
         return None
     if not isinstance(decoded, dict):

@@ -156,8 +156,13 @@ def test_events_are_kept_within_the_size_cap_oldest_first(docker_ready: None) ->
                 )
                 time.sleep(0.05)
             old, new = (f"/v1/sandboxes/{sid}/executions/{e}/events" for e in ids)
+            # A 40 KB event's payload is in its execution's file (gateway/payloads.py).
+            files = [gw.data_dir / "payloads" / f"{e}.out" for e in ids]
             wait_for(lambda: c.get(old).status_code == 410, 30, "the oldest evicted")
             time.sleep(1.5)  # a few more passes: the newest stays within the cap
             assert c.get(new).status_code == 200 and "x" * 1000 in c.get(new).text
+            assert not files[0].exists() and files[1].exists()
+            assert c.delete(f"/v1/sandboxes/{sid}").status_code == 204
+            assert not files[1].exists()  # its sandbox's deletion takes it along
         finally:
             c.delete(f"/v1/sandboxes/{sid}")

@@ -4,6 +4,7 @@ reader, errors by code and status, request bodies, the folder zip, and the twins
 from __future__ import annotations
 
 import inspect
+import json
 import subprocess
 import sys
 import zipfile
@@ -152,6 +153,18 @@ def test_a_recorded_service_is_typed() -> None:
 )
 def test_what_is_not_a_petri_event_is_skipped(raw: tuple[str, str, str], why: str) -> None:
     assert parse_event(*raw) is None, why
+
+
+def test_event_json_reads_the_same_on_the_fast_path() -> None:
+    """Output events are read by orjson where it is installed: the same text, lone
+    surrogates included (orjson refuses them; `json` reads them); other events keep exact
+    integers past 64 bits."""
+    for text in ("plain", "\u2028 é \\n", "\\ud800 lone"):
+        event = parse_event("1", "stdout", '{"text":"' + text + '"}')
+        assert isinstance(event, StdoutEvent)
+        assert event.text == json.loads('"' + text + '"')
+    event = parse_event("1", "exit", '{"exit_code":0,"duration_ms":123456789012345678901234}')
+    assert isinstance(event, ExitEvent) and event.data["duration_ms"] == 123456789012345678901234
 
 
 def test_ids_must_move_forward() -> None:

@@ -159,3 +159,37 @@ def test_a_symlink_in_place_of_a_file_is_never_followed(tmp_path: Path) -> None:
     with payloads.reader() as files:
         assert files.read("ex-1", 0, 6) is None
     assert target.read_bytes() == b"secret"
+
+
+async def test_a_full_disk_never_stops_the_live_stream(
+    registry: Registry, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The payload file cannot be written (ENOSPC): the batch is logged and skipped, the
+    live follower still gets every event once, in order, and later batches are stored."""
+    import asyncio
+    import errno
+
+    from gateway.executions import ExecutionLog
+
+    def full(execution_id: str, payloads: object) -> list[int]:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    log = ExecutionLog("ex-1", registry, budget=10**9, tail_bytes=1024)
+    got: list[Event] = []
+
+    async def follow() -> None:
+        async for event in log.follow():
+            got.append(event)
+
+    follower = asyncio.create_task(follow())
+    with monkeypatch.context() as m, caplog.at_level(logging.ERROR, "petri.executions"):
+        m.setattr(registry.payloads, "append", full)
+        log.output(ev.STDOUT, b"x" * (SPILL_BYTES + 1))
+        log.flush()
+    assert "could not store events of ex-1" in caplog.text
+    log.output(ev.STDERR, b"y" * (SPILL_BYTES + 1))
+    log.emit(ev.EXIT, {"exit_code": 0})
+    await asyncio.wait_for(follower, 5)
+    assert [(e.id, e.type) for e in got] == [(1, ev.STDOUT), (2, ev.STDERR), (3, ev.EXIT)]
+    assert [e.id for e in registry.events("ex-1")] == [2, 3]  # the refused batch is not stored
+    assert not any(r[2] is not None and r[0] == 1 for r in rows(registry))

@@ -291,6 +291,7 @@ class Registry:
         self.reads.shutdown(wait=True, cancel_futures=True)
         with self._reader_lock:
             self._reader.close()
+        self.payloads.sync()  # before the rows that point into them reach the database file
         with contextlib.suppress(sqlite3.Error):
             self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
         self._db.close()

@@ -4,7 +4,8 @@ Events live in a file of their own (`events.sqlite3`, attached as `log`) with 64
 a stream's output is most of what is ever written, in rows of up to 256 KiB, and with the
 registry's 4 KiB pages storing them cost ~3x the CPU (a page write per 4 KiB, twice: WAL
 and checkpoint). The registry's small rows keep small pages. Both files are one connection,
-so queries name `events` as before.
+so queries name `events` as before. Payloads of `SPILL_BYTES` or more are not in SQLite at
+all: their rows point into the execution's append-only file (payloads.py).
 
 Calls are short and run on the event loop's thread; event writes arrive in batches from
 `executions`, so one commit carries many events. Replay pages (`read_events`) are read in

@@ -4,6 +4,7 @@ fan-out, replay, bounded memory and the output budget."""
 from __future__ import annotations
 
 import asyncio
+import sqlite3
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
@@ -31,6 +32,19 @@ def registry(tmp_path: Path) -> Iterator[CountingRegistry]:
     registry = CountingRegistry(tmp_path)
     yield registry
     registry.close()
+
+
+def old_events(path: Path, rows: list[tuple[str, int, str, str]]) -> None:
+    """A file holding `rows` in the events table as data dirs from before the payload files
+    (2026-12) have it."""
+    db = sqlite3.connect(path)
+    db.execute(
+        "CREATE TABLE events (execution_id TEXT NOT NULL, id INTEGER NOT NULL, "
+        "type TEXT NOT NULL, data TEXT NOT NULL, PRIMARY KEY (execution_id, id)) WITHOUT ROWID"
+    )
+    db.executemany("INSERT INTO events VALUES (?, ?, ?, ?)", rows)
+    db.commit()
+    db.close()
 
 
 KINDS = (ev.STDOUT, ev.STDERR)  # alternating kinds: every chunk is an event of its own
@@ -300,27 +314,9 @@ def test_events_live_in_a_file_of_their_own_with_large_pages(tmp_path: Path) -> 
 def test_a_data_dir_from_before_the_events_file_keeps_its_events(tmp_path: Path) -> None:
     """Events stored in the registry's own file (before `events.sqlite3`) move there once;
     an interrupted move (rows in both) is finished without duplicates."""
-    import sqlite3
-
-    old = sqlite3.connect(tmp_path / "petri.sqlite3")
-    old.execute(
-        "CREATE TABLE events (execution_id TEXT NOT NULL, id INTEGER NOT NULL, "
-        "type TEXT NOT NULL, data TEXT NOT NULL, PRIMARY KEY (execution_id, id)) WITHOUT ROWID"
-    )
-    old.executemany(
-        "INSERT INTO events VALUES (?, ?, ?, ?)",
-        [("ex-1", 1, "stdout", '{"text":"a"}'), ("ex-1", 2, "exit", '{"exit_code":0}')],
-    )
-    old.commit()
-    old.close()
-    half = sqlite3.connect(tmp_path / EVENTS_FILE)  # the move got as far as one row
-    half.execute(
-        "CREATE TABLE events (execution_id TEXT NOT NULL, id INTEGER NOT NULL, "
-        "type TEXT NOT NULL, data TEXT NOT NULL, PRIMARY KEY (execution_id, id)) WITHOUT ROWID"
-    )
-    half.execute("INSERT INTO events VALUES ('ex-1', 1, 'stdout', '{\"text\":\"a\"}')")
-    half.commit()
-    half.close()
+    stdout = ("ex-1", 1, "stdout", '{"text":"a"}')
+    old_events(tmp_path / "petri.sqlite3", [stdout, ("ex-1", 2, "exit", '{"exit_code":0}')])
+    old_events(tmp_path / EVENTS_FILE, [stdout])  # the move got as far as one row
     for _ in range(2):  # and a second start changes nothing
         registry = Registry(tmp_path)
         try:

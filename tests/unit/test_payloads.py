@@ -5,7 +5,6 @@ outlives its events or points past what was written."""
 from __future__ import annotations
 
 import logging
-import sqlite3
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -16,6 +15,7 @@ from gateway.events import Event
 from gateway.models import Execution
 from gateway.payloads import SPILL_BYTES, Payloads
 from gateway.registry import EVENTS_FILE, Registry
+from tests.unit.test_executions import old_events
 
 BIG = "é" * SPILL_BYTES  # past the threshold in UTF-8 bytes, not in characters only
 
@@ -119,14 +119,7 @@ def test_a_payload_cut_short_is_skipped_not_fatal(
 
 
 def test_an_events_table_from_before_gets_the_columns(tmp_path: Path) -> None:
-    old = sqlite3.connect(tmp_path / EVENTS_FILE)
-    old.execute(
-        "CREATE TABLE events (execution_id TEXT NOT NULL, id INTEGER NOT NULL, "
-        "type TEXT NOT NULL, data TEXT NOT NULL, PRIMARY KEY (execution_id, id)) WITHOUT ROWID"
-    )
-    old.execute("INSERT INTO events VALUES ('ex-0', 1, 'stdout', '{\"text\":\"old\"}')")
-    old.commit()
-    old.close()
+    old_events(tmp_path / EVENTS_FILE, [("ex-0", 1, "stdout", '{"text":"old"}')])
     for _ in range(2):  # and a second start changes nothing
         registry = Registry(tmp_path)
         try:

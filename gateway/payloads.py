@@ -16,7 +16,6 @@ database file find their bytes after a power loss too.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
 import re
@@ -64,9 +63,14 @@ class Payloads:
         return _Reader(self)
 
     def remove(self, execution_ids: Iterable[str]) -> None:
+        """Remove the executions' files; one that cannot go is logged, never raised."""
         for execution_id in execution_ids:
-            with contextlib.suppress(FileNotFoundError, ValueError):
+            try:
                 self.path(execution_id).unlink()
+            except (FileNotFoundError, ValueError):
+                pass
+            except OSError as exc:
+                log.warning("could not remove the payloads of %s: %s", execution_id, exc)
 
     def sync(self) -> None:
         """fsync the files written since the last call (the checkpoint thread calls it)."""
@@ -77,10 +81,13 @@ class Payloads:
                 fd = os.open(self.path(execution_id), os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
             except FileNotFoundError:  # removed meanwhile
                 continue
+            except (OSError, ValueError) as exc:
+                log.warning("could not fsync the payloads of %s: %s", execution_id, exc)
+                continue
             try:
                 os.fsync(fd)
             except OSError as exc:
-                log.warning("could not fsync %s: %s", execution_id, exc)
+                log.warning("could not fsync the payloads of %s: %s", execution_id, exc)
             finally:
                 os.close(fd)
 

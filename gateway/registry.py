@@ -149,6 +149,8 @@ class _Checkpointer(threading.Thread):
                     db.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()  # both files
                 except sqlite3.Error as exc:
                     log.warning("WAL checkpoint failed: %s", exc)
+                except Exception:  # the thread must outlive anything: the WAL grows without it
+                    log.exception("WAL checkpoint failed")
         finally:
             db.close()
 
@@ -279,8 +281,11 @@ class Registry:
             raise
         self._db.commit()
         done, self._after_commit = self._after_commit, []
-        for step in done:
-            step()
+        for step in done:  # the change is committed: a failed step must not undo or hide it
+            try:
+                step()
+            except Exception:
+                log.exception("a step after a commit failed")
 
     def after_commit(self, step: Callable[[], None]) -> None:
         """Run `step` once the open transaction commits (never if it rolls back)."""

@@ -186,3 +186,23 @@ async def test_a_full_disk_never_stops_the_live_stream(
     assert [(e.id, e.type) for e in got] == [(1, ev.STDOUT), (2, ev.STDERR), (3, ev.EXIT)]
     assert [e.id for e in registry.events("ex-1")] == [2, 3]  # the refused batch is not stored
     assert not any(r[2] is not None and r[0] == 1 for r in rows(registry))
+
+
+def test_a_file_that_cannot_be_removed_or_synced_is_logged_not_raised(
+    registry: Registry, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Once the deletion commits, a file that will not go (here a folder in its place) is
+    logged; the deletion stands. The checkpoint thread's fsync meets a link: logged too."""
+    registry.append_events("ex-1", batch())
+    path = registry.payloads.path("ex-1")
+    path.unlink()
+    path.mkdir()
+    with caplog.at_level(logging.WARNING, "petri.payloads"):
+        registry.delete_events(["ex-1"])
+    assert registry.events("ex-1") == [] and "could not remove" in caplog.text
+    path.rmdir()
+    path.symlink_to(registry.path)
+    registry.payloads._unsynced.add("ex-1")
+    with caplog.at_level(logging.WARNING, "petri.payloads"):
+        registry.payloads.sync()
+    assert "could not fsync" in caplog.text

@@ -9,9 +9,9 @@ are written, so a row never points past what a crashed gateway left. Small event
 inline in their rows (most executions never make a file).
 
 Bytes a crash left without a row are never read; files of executions that have no spilled
-rows any more are removed at start-up (`sweep`). Before each WAL checkpoint the checkpoint
-thread fsyncs the files written since the last one (`sync`), so rows that reach the
-database file find their bytes after a power loss too.
+rows any more are removed at start-up (`Registry._sweep_payloads`). Before each WAL
+checkpoint the checkpoint thread fsyncs the files written since the last one (`sync`), so
+rows that reach the database file find their bytes after a power loss too.
 """
 
 from __future__ import annotations
@@ -27,6 +27,7 @@ log = logging.getLogger("petri.payloads")
 FOLDER = "payloads"
 SPILL_BYTES = 32 * 1024  # an event's JSON from this size on goes to the file
 _ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
+_READ = os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW
 
 
 class Payloads:
@@ -78,18 +79,15 @@ class Payloads:
             written, self._unsynced = self._unsynced, set()
         for execution_id in written:
             try:
-                fd = os.open(self.path(execution_id), os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
+                fd = os.open(self.path(execution_id), _READ)
+                try:
+                    os.fsync(fd)
+                finally:
+                    os.close(fd)
             except FileNotFoundError:  # removed meanwhile
-                continue
+                pass
             except (OSError, ValueError) as exc:
                 log.warning("could not fsync the payloads of %s: %s", execution_id, exc)
-                continue
-            try:
-                os.fsync(fd)
-            except OSError as exc:
-                log.warning("could not fsync the payloads of %s: %s", execution_id, exc)
-            finally:
-                os.close(fd)
 
     def stored(self) -> list[str]:
         """The execution ids that have a file."""
@@ -106,8 +104,7 @@ class _Reader:
         fd = self._open.get(execution_id)
         try:
             if fd is None:
-                path = self.payloads.path(execution_id)
-                fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
+                fd = os.open(self.payloads.path(execution_id), _READ)
                 self._open[execution_id] = fd
             data = os.pread(fd, size, at)
         except (OSError, ValueError) as exc:

@@ -440,11 +440,9 @@ class Registry:
     def delete_events(self, execution_ids: Sequence[str]) -> None:
         """Delete the executions' events, in the open transaction; their payload files go
         once it commits."""
+        ids = list(execution_ids)
         with self.transaction():
-            self._db.executemany(
-                "DELETE FROM events WHERE execution_id = ?", [(e,) for e in execution_ids]
-            )
-            ids = list(execution_ids)
+            self._db.executemany("DELETE FROM events WHERE execution_id = ?", [(e,) for e in ids])
             self.after_commit(lambda: self.payloads.remove(ids))
 
     def events(self, execution_id: str, after: int = 0, limit: int = 500) -> list[Event]:

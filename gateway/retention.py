@@ -95,11 +95,11 @@ class Retention:
                     "SELECT bytes FROM event_retention WHERE execution_id = ?", (execution_id,)
                 ).fetchone()
                 freed += row[0] if row else 0
-                self.registry.delete_events([execution_id])
                 db.execute(
                     "UPDATE event_retention SET evicted_at = ? WHERE execution_id = ?",
                     (at, execution_id),
                 )
+            self.registry.delete_events(victims)
             self.ledger.append(
                 "events.evict",
                 "events",

@@ -3,15 +3,19 @@ gateway is, request bodies, workspace paths, and the zip of a local folder."""
 
 from __future__ import annotations
 
+import functools
 import math
 import os
+import ssl
 import tempfile
 import zipfile
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
-from urllib.parse import quote
+from urllib.parse import quote, urlsplit
+
+import httpx
 
 from .errors import InvalidRequest
 
@@ -45,6 +49,22 @@ def resolve(url: str | None, api_key: str | None) -> tuple[str, str | None]:
         base = f"http://{base}"
     key = api_key if api_key is not None else os.environ.get("PETRI_API_KEY")
     return base.rstrip("/"), key or None
+
+
+@functools.cache
+def _verifying() -> ssl.SSLContext:
+    return httpx.create_ssl_context()
+
+
+def tls(url: str) -> ssl.SSLContext:
+    """The TLS context of a client of `url`. https: httpx's default (certifi's bundle, or
+    SSL_CERT_FILE / SSL_CERT_DIR as set when it is first built), built once per process and
+    shared: it loads the whole CA bundle, ~50 ms of CPU, which every new client paid again.
+    Plain http never uses one: it gets a context that trusts nothing, so a TLS connection it
+    somehow made would fail verification, not go unchecked."""
+    if urlsplit(url).scheme == "https":
+        return _verifying()
+    return ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
 
 
 def headers(api_key: str | None) -> dict[str, str]:

@@ -17,7 +17,7 @@ from typing import Any
 
 import httpx
 
-from .._base import SSE, headers, quoted, resolve, sandbox_path
+from .._base import SSE, headers, quoted, resolve, sandbox_path, tls
 from ..errors import GatewayUnavailable, NotFound, PetriError, RequestTimeout, from_response
 from ..events import Event, SSEDecoder, parse_event
 from . import _io
@@ -40,7 +40,11 @@ class Client:
         self.url, self.api_key = resolve(url, api_key)
         self.timeout, self.stall_timeout, self.reconnect_for = timeout, stall_timeout, reconnect_for
         self.http = httpx.Client(
-            base_url=self.url, headers=headers(self.api_key), timeout=timeout, transport=transport
+            base_url=self.url,
+            headers=headers(self.api_key),
+            timeout=timeout,
+            transport=transport,
+            verify=tls(self.url),
         )
 
     def __enter__(self) -> Client:

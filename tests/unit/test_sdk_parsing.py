@@ -5,11 +5,13 @@ from __future__ import annotations
 
 import inspect
 import json
+import ssl
 import subprocess
 import sys
 import zipfile
 from pathlib import Path
 
+import httpx
 import pytest
 
 import petri_sdk
@@ -17,7 +19,9 @@ from petri_sdk import (
     App,
     AppEvent,
     AppExited,
+    AsyncClient,
     AsyncSandbox,
+    Client,
     ErrorEvent,
     ExitEvent,
     FileNotFound,
@@ -37,7 +41,7 @@ from petri_sdk import (
     TooLarge,
     Unauthorized,
 )
-from petri_sdk._base import clean, exec_body, resolve, zip_folder
+from petri_sdk._base import _verifying, clean, exec_body, resolve, zip_folder
 from petri_sdk.errors import from_error_event, from_response
 from petri_sdk.events import SSEDecoder, parse_event
 from petri_sdk.executions import Collector
@@ -299,6 +303,34 @@ def test_url_and_key_resolution(monkeypatch: pytest.MonkeyPatch) -> None:
     assert resolve(None, None) == ("http://gw.internal:9000", "env-key")
     assert resolve("https://x", "arg-key") == ("https://x", "arg-key")
     assert resolve(None, "") == ("http://gw.internal:9000", None)  # "" turns the key off
+
+
+def test_clients_share_one_tls_context(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Loading the CA bundle costs ~50 ms of CPU: once per process for https, never for
+    http, whose context trusts nothing (a TLS connection through it fails, never unchecked)."""
+    built: list[object] = []
+    real = httpx.create_ssl_context
+
+    def counting() -> object:
+        built.append(real())
+        return built[-1]
+
+    monkeypatch.setattr(httpx, "create_ssl_context", counting)
+    _verifying.cache_clear()
+    try:
+        plain = Client("http://127.0.0.1:1")
+        assert built == []
+        context = plain.http._transport._pool._ssl_context
+        assert context.verify_mode == ssl.CERT_REQUIRED and context.check_hostname
+        assert context.get_ca_certs() == []
+        clients = [Client("https://a.example"), Client("https://b.example")]
+        clients.append(AsyncClient("https://c.example"))
+        assert len(built) == 1
+        assert all(c.http._transport._pool._ssl_context is built[0] for c in clients)
+        for c in [plain, *clients[:2]]:
+            c.close()
+    finally:
+        _verifying.cache_clear()
 
 
 def test_the_folder_zip_skips_excluded_names_and_links(tmp_path: Path) -> None:

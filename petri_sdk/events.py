@@ -307,6 +307,9 @@ def parse_event(id: str, type: str, data: str, after: int = 0) -> Event | None:
     return _build(int(id), type, decoded)
 
 
+_BOM = b"\xef\xbb\xbf"
+
+
 class SSEDecoder:
     """Server-Sent Events as the HTML spec reads them: comment lines (a keep-alive, with or
     without a blank line after it) never make an event, and the last id carries over to an
@@ -323,14 +326,19 @@ class SSEDecoder:
         self._parts: list[bytes] = []  # the line in progress
         self._after_cr = False  # the last chunk ended with CR: a LF first ends nothing
         self._started = False
+        self._head = b""  # the stream's first bytes, while they may be the start of a BOM
 
     def decode(self, chunk: bytes) -> list[tuple[str, str, str]]:
         """The events that `chunk` completes, as `(id, type, data)`."""
         if not chunk:
             return []
-        if not self._started:
-            self._started = True
-            chunk = chunk.removeprefix(b"\xef\xbb\xbf")  # a BOM opening the stream
+        if not self._started:  # a BOM opening the stream is dropped, even split up
+            chunk = self._head + chunk
+            if len(chunk) < len(_BOM) and _BOM.startswith(chunk):
+                self._head = chunk
+                return []
+            self._started, self._head = True, b""
+            chunk = chunk.removeprefix(_BOM)
         if self._after_cr and chunk[:1] == b"\n":
             chunk = chunk[1:]
         self._after_cr = chunk[-1:] == b"\r"

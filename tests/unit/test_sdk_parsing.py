@@ -202,10 +202,10 @@ def test_the_sse_reader_never_makes_an_event_of_a_keepalive() -> None:
 def test_the_sse_reader_takes_bytes_split_anywhere() -> None:
     """Bytes as the network hands them over: lines end at CRLF, LF or CR only (not at U+2028
     or a form feed inside the data), a CRLF or a UTF-8 character split between two chunks is
-    still one, and a BOM opening the stream is not part of the first field."""
+    still one, and a BOM opening the stream (split up, too) is not part of the first field."""
     wire = (
-        "\ufeff: keep-alive\r\n"
-        "id: 1\r\nevent: stdout\r\n"
+        "\ufeffevent: stdout\r\n: keep-alive\r\n"
+        "id: 1\r\n"
         'data: {"text":"caf\u00e9 \u2028 \x0c \U0001f600"}\r\n\r\n'
         "id: 2\revent: stderr\rdata: {\"text\":\"b\"}\r\r"
         "id: 3\nevent: exit\ndata: {\ndata: \"exit_code\": 0}\n\n"

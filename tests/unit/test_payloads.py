@@ -4,6 +4,8 @@ outlives its events or points past what was written."""
 
 from __future__ import annotations
 
+import asyncio
+import errno
 import logging
 from collections.abc import Iterator
 from pathlib import Path
@@ -12,6 +14,7 @@ import pytest
 
 from gateway import events as ev
 from gateway.events import Event
+from gateway.executions import ExecutionLog
 from gateway.models import Execution
 from gateway.payloads import SPILL_BYTES, Payloads
 from gateway.registry import EVENTS_FILE, Registry
@@ -159,11 +162,6 @@ async def test_a_full_disk_never_stops_the_live_stream(
 ) -> None:
     """The payload file cannot be written (ENOSPC): the batch is logged and skipped, the
     live follower still gets every event once, in order, and later batches are stored."""
-    import asyncio
-    import errno
-
-    from gateway.executions import ExecutionLog
-
     def full(execution_id: str, payloads: object) -> list[int]:
         raise OSError(errno.ENOSPC, "No space left on device")
 
